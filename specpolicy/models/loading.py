@@ -1,0 +1,190 @@
+"""Build, save and load MTP models: the embedded ``tiny`` model and Hugging Face checkpoints with MTP layers.
+
+Checkpoints are stored in the DeepSeek-V3 layout: the K MTP layers sit after the backbone as ``model.layers.{L+k}.*``
+(``enorm``, ``hnorm``, ``eh_proj``, the decoder block's weights, ``post_norm``), and are loaded with transformers'
+own ``MtpModel.from_pretrained``. So the embedded model and a real DeepSeek-V3 / GLM-4.5 checkpoint take the same path.
+
+Example:
+    >>> model = load_model("tiny")                     # shipped inside the package, no download
+    >>> model = load_model("/path/to/glm-4.5-air", device="cuda", dtype="bfloat16")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .mtp import MTPModel
+
+ASSET_DIR = Path(__file__).parent / "assets"
+EMBEDDED = ("tiny",)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Architecture of the embedded model: a Llama backbone + K DeepSeek-style MTP layers."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 320
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    intermediate_size: int = 864
+    num_mtp_layers: int = 2
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+
+    def to_hf(self, eos_token_id: int | None = None, pad_token_id: int | None = None):
+        from transformers import LlamaConfig
+
+        kw = asdict(self)
+        rope_theta = kw.pop("rope_theta")
+        return LlamaConfig(
+            **kw,
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+
+
+class ModelNotFoundError(ValueError):
+    """A model name/path that is neither embedded nor an existing directory/hub id."""
+
+
+def build_mtp_model(config, tokenizer=None, name: str = "custom", seed: int | None = None) -> MTPModel:
+    """Fresh (random) target + drafter from a transformers config that has ``num_mtp_layers``.
+
+    >>> model = build_mtp_model(TinyConfig(hidden_size=64, num_hidden_layers=2).to_hf(), seed=0)
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_layers import MtpModel
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    target = AutoModelForCausalLM.from_config(config)
+    k = getattr(config.get_text_config(), "num_mtp_layers", None)
+    if not k:
+        raise ValueError("config has no num_mtp_layers >= 1: this model has no MTP layers to draft with")
+    drafter = MtpModel(target, k)
+    return MTPModel(target.eval(), drafter.eval(), tokenizer, name=name)
+
+
+def _mtp_key_patterns(num_hidden_layers: int, k: int) -> list[str]:
+    return [rf"model\.layers\.{num_hidden_layers + i}\." for i in range(k)]
+
+
+def mtp_state_dict_deepseek_layout(model: MTPModel) -> dict[str, torch.Tensor]:
+    """Target + MTP weights with MTP layer k stored as ``model.layers.{L+k}.*`` (shared head/embedding omitted)."""
+    L = model.target.config.get_text_config().num_hidden_layers
+    sd = dict(model.target.state_dict())
+    for key, v in model.drafter.state_dict().items():
+        if not key.startswith("layers."):
+            continue  # embed_tokens / shared_head are the target's own
+        _, idx, *rest = key.split(".")
+        if rest[0] == "mtp_block":
+            rest = rest[1:]
+        sd[f"model.layers.{L + int(idx)}." + ".".join(rest)] = v
+    return sd
+
+
+def save_checkpoint(model: MTPModel, out_dir: str | Path, card: dict | None = None, dtype=torch.float16) -> Path:
+    """Write config.json, model.safetensors (DeepSeek layout, ``dtype``), tokenizer files and model card."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in mtp_state_dict_deepseek_layout(model).items()}
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model.target.config.save_pretrained(out)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(out)
+    if card is not None:
+        card = dict(card, weights_sha256=hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+        (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    prev = hf_logging.get_verbosity()
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(prev)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _has_accelerate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path in EMBEDDED:
+        return str(ASSET_DIR / name_or_path)
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelNotFoundError(f"model directory {name_or_path!r} has no config.json")
+        return str(p)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} not found: use an embedded name ({', '.join(EMBEDDED)}), "
+            "an existing checkpoint directory, or a hub id 'org/name'"
+        )
+    return name_or_path  # a hub id: transformers resolves (and downloads) it
+
+
+def load_model(name_or_path: str = "tiny", device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
+    """Load target + MTP drafter + tokenizer.
+
+    ``name_or_path``: ``"tiny"`` (embedded), a local checkpoint directory or a hub id whose config has
+    ``num_mtp_layers`` (DeepSeek-V3, GLM-4.5, ...). ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA.
+
+    >>> model = load_model("tiny"); model.target, model.drafter.layers[0], model.tokenizer
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_layers import MtpModel
+
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    path = resolve_model_path(name_or_path)
+    with _quiet_transformers():
+        # device_map needs accelerate; for CPU (and when it is missing) load, then move
+        dmap = {"": device} if device.type != "cpu" and _has_accelerate() else None
+        target = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=dmap).to(device)
+        text_cfg = target.config.get_text_config()
+        k = getattr(text_cfg, "num_mtp_layers", None)
+        if not k:
+            raise ModelNotFoundError(f"model {name_or_path!r} has no MTP layers (config.num_mtp_layers is unset)")
+        if not target._keys_to_ignore_on_load_unexpected:
+            # Architectures without registered MTP key patterns (our Llama-based tiny model): DeepSeek layout.
+            target._keys_to_ignore_on_load_unexpected = _mtp_key_patterns(text_cfg.num_hidden_layers, k)
+        drafter = MtpModel.from_pretrained(target, device_map=dmap).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    card_path = Path(path) / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    name = name_or_path if name_or_path in EMBEDDED else Path(path).name
+    return MTPModel(target.eval(), drafter.to(dtype).eval(), tokenizer, name=name, card=card)

@@ -1,0 +1,170 @@
+"""The policy extension point: ``Policy`` decides, per step, to EXTEND the draft, VERIFY it, or TRUST part of it.
+
+A policy sees numbers, never models: ``decide(state)`` gets a frozen ``StepState`` (the drafts so far with their
+confidences q(d_j), entropies and top-1/top-2 margins, plus running acceptance statistics) and returns an ``Action``.
+The decoder (``specpolicy.decoding``) and the trace replayer (``specpolicy.replay``) drive the same policy objects
+through the same ``StepState``, which is what makes replay exact. This module imports nothing else of ours.
+
+Example:
+    >>> class Greedy3(Policy):
+    ...     name = "greedy3"
+    ...     def decide(self, state):
+    ...         return Action.extend() if state.depth < 3 else Action.verify()
+    >>> res = generate(model, "def f(", policy=Greedy3())       # no registration needed
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class ActionKind(enum.Enum):
+    EXTEND = "extend"
+    VERIFY = "verify"
+    TRUST = "trust"
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the policy wants now. Build with ``Action.extend()``, ``Action.verify()``, ``Action.trust(mask)``.
+
+    TRUST ends drafting like VERIFY does, but the drafts whose mask entry is True are committed without the target's
+    veto (lossy; each is flagged ``trusted`` and its shadow verdict recorded). The mask covers d_1..d_m.
+    """
+
+    kind: ActionKind
+    mask: tuple[bool, ...] = ()
+
+    @staticmethod
+    def extend() -> Action:
+        return _EXTEND
+
+    @staticmethod
+    def verify() -> Action:
+        return _VERIFY
+
+    @staticmethod
+    def trust(mask) -> Action:
+        mask = tuple(bool(x) for x in mask)
+        return Action(ActionKind.TRUST, mask) if any(mask) else _VERIFY
+
+
+_EXTEND = Action(ActionKind.EXTEND)
+_VERIFY = Action(ActionKind.VERIFY)
+
+
+@dataclass(frozen=True)
+class AcceptanceStats:
+    """Running acceptance statistics of the current generation, per depth j (index j-1)."""
+
+    attempted: tuple[int, ...] = ()  # drafts at depth j that reached the strict rule (trusted ones excluded)
+    accepted: tuple[int, ...] = ()  # of those, accepted
+
+    def rate(self, depth: int, prior: float = 0.5, prior_n: float = 1.0) -> float:
+        """Smoothed acceptance rate at ``depth`` (1-based), conditional on reaching it."""
+        a = self.accepted[depth - 1] if depth <= len(self.accepted) else 0
+        n = self.attempted[depth - 1] if depth <= len(self.attempted) else 0
+        return (a + prior * prior_n) / (n + prior_n)
+
+    def updated(self, outcome: StepOutcome) -> AcceptanceStats:
+        """Add one step: every walked draft counts as attempted at its depth, and as accepted iff its strict
+        verdict was accept (for trusted/relaxed drafts that is the shadow verdict). Decoder and replay share this."""
+        n = max(len(self.attempted), len(outcome.verdicts))
+        att = list(self.attempted) + [0] * (n - len(self.attempted))
+        acc = list(self.accepted) + [0] * (n - len(self.accepted))
+        for j, ok in enumerate(outcome.verdicts):
+            att[j] += 1
+            acc[j] += int(ok)
+        return AcceptanceStats(tuple(att), tuple(acc))
+
+
+@dataclass(frozen=True)
+class StepState:
+    """Everything a policy may look at while drafting one step.
+
+    Per-draft tuples have one entry per drafted token d_1..d_m (m = ``depth``); all are plain Python numbers.
+    ``confidence`` is q(d_j) by default, or a calibrated P(accept) when a calibrator wraps the policy.
+    """
+
+    drafts: tuple[int, ...] = ()
+    confidence: tuple[float, ...] = ()
+    entropy: tuple[float, ...] = ()  # entropy of q at depth j, in nats
+    margin: tuple[float, ...] = ()  # q(top-1) - q(top-2) at depth j
+    step: int = 0  # index of this step (target forward) in the generation
+    position: int = 0  # new tokens committed so far
+    budget: int = 1 << 30  # most drafts this step may still hold (max_new_tokens - position - 1)
+    num_mtp_layers: int = 1  # K: depths > K re-use the last MTP layer
+    stats: AcceptanceStats = field(default_factory=AcceptanceStats)
+    last_accepted: int = -1  # drafts committed by the previous step (-1 before the first)
+
+    @property
+    def depth(self) -> int:
+        return len(self.drafts)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What happened to the drafts of one step, reported back through ``Policy.observe``."""
+
+    drafted: int  # m
+    accepted: int  # drafts committed (verified, relaxed or trusted)
+    trusted: tuple[bool, ...]  # per draft, committed without the target's veto
+    verdicts: tuple[bool, ...]  # per walked draft, the strict rule's verdict (shadow verdict for trusted/relaxed)
+    committed: int  # tokens committed this step: accepted + the target's token (0 if the budget ran out)
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class AcceptanceRule:
+    """A lossy acceptance rule that still consults the target (``relaxed`` provenance), applied by the decoder.
+
+    kind = "typical": accept d if p(d) > min(eps, delta * exp(-H(p)))       (Medusa typical acceptance)
+    kind = "topk":    accept d if d in top-k of p and log p(top1) - log p(d) <= delta   (TensorRT-LLM relaxed)
+    """
+
+    kind: str
+    eps: float = 0.0
+    delta: float = 0.0
+    k: int = 1
+
+
+class Policy(ABC):
+    """One small ABC: implement ``decide``; the hooks default to doing nothing.
+
+    ``name`` is the registry key. ``acceptance`` is None for the strict rule or an ``AcceptanceRule``.
+    ``lossless`` says whether the policy can ever commit a token the strict rule would reject.
+    """
+
+    name: ClassVar[str] = "custom"
+    acceptance: AcceptanceRule | None = None
+
+    @abstractmethod
+    def decide(self, state: StepState) -> Action:
+        """Return EXTEND (draft d_{m+1}), VERIFY, or TRUST(mask over d_1..d_m)."""
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Called at the start of each generation."""
+
+    def observe(self, outcome: StepOutcome) -> None:  # noqa: B027 - optional hook
+        """Called after each step with what happened to its drafts."""
+
+    @property
+    def lossless(self) -> bool:
+        return self.acceptance is None
+
+    def params(self) -> dict[str, Any]:
+        """The policy's parameters (for records and configs)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    @classmethod
+    def search_space(cls, trial) -> dict[str, Any]:
+        """Parameters to try in an Optuna ``trial`` (``trial.suggest_*``); empty means nothing to tune."""
+        return {}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({inner})"
