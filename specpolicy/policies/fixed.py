@@ -1,0 +1,61 @@
+"""The two schedule-free baselines: ``ar`` (no speculation) and ``fixed`` (always draft k tokens).
+
+``ar`` verifies at depth 0, so every step commits exactly the target's token: TPF = 1, the yardstick every speedup
+is measured against in the same run. ``fixed(k)`` is plain speculative decoding with a constant draft length.
+
+Example:
+    >>> from specpolicy.policies import StepState, get_policy
+    >>> get_policy("fixed", k=2).decide(StepState(drafts=(5,), confidence=(0.1,)))
+    Action(kind=<ActionKind.EXTEND: 'extend'>, mask=())
+    >>> get_policy("ar").decide(StepState())
+    Action(kind=<ActionKind.VERIFY: 'verify'>, mask=())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from specpolicy.policies.base import Action, Policy, StepState
+from specpolicy.policies.registry import MAX_DEPTH, check_param, register_policy
+
+__all__ = ["ARPolicy", "FixedPolicy"]
+
+
+@register_policy
+class ARPolicy(Policy):
+    """Plain autoregressive decoding: never draft, verify at depth 0 (the target commits one token per step)."""
+
+    name = "ar"
+
+    def decide(self, state: StepState) -> Action:
+        return Action.verify()
+
+
+@register_policy
+class FixedPolicy(Policy):
+    """Draft ``k`` tokens (fewer if the budget is smaller), then verify. Lossless.
+
+    Example:
+        >>> p = FixedPolicy(k=1)
+        >>> p.decide(StepState()).kind.value, p.decide(StepState(drafts=(7,), confidence=(0.9,))).kind.value
+        ('extend', 'verify')
+    """
+
+    name = "fixed"
+
+    def __init__(self, k: int = 4) -> None:
+        self.k = check_param(self.name, "k", k, 1, MAX_DEPTH, integer=True)
+
+    def decide(self, state: StepState) -> Action:
+        return Action.extend() if state.depth < min(self.k, state.budget) else Action.verify()
+
+    @classmethod
+    def search_space(cls, trial) -> dict[str, Any]:
+        """``k`` in 1..16.
+
+        Example:
+            >>> import optuna
+            >>> FixedPolicy.search_space(optuna.trial.FixedTrial({"k": 3}))
+            {'k': 3}
+        """
+        return {"k": trial.suggest_int("k", 1, MAX_DEPTH)}
