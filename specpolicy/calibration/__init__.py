@@ -1,0 +1,55 @@
+"""Calibration: how well drafted-token confidences predict acceptance, maps that fix them, and certified trust.
+
+Pure numbers over trace tables (one row per drafted token: ``depth, confidence, entropy, margin, position,
+prompt_id, policy, label`` and optionally ``soft_label``); nothing here runs a model.
+
+- ``metrics``: ECE (equal-width and equal-mass bins), MCE, Brier, log loss, AUROC, reliability tables, and
+  ``calibration_report`` with prompt-level bootstrap intervals.
+- ``calibrators``: identity / temperature / Platt / isotonic maps q -> P(accept), fitted per depth, saved as JSON.
+- ``guarantee``: ``choose_tau_trust`` picks tau_trust so the error rate of trusted drafts is <= alpha with
+  probability >= 1 - delta (Learn-then-Test, fixed-sequence, exact binomial p-values).
+
+Example:
+    >>> from specpolicy.calibration import get_calibrator, split_by_prompt, choose_tau_trust, ece
+    >>> cal_df, eval_df = split_by_prompt(traces)                                        # doctest: +SKIP
+    >>> cal = get_calibrator("isotonic").fit(cal_df.confidence, cal_df.label, cal_df.depth)  # doctest: +SKIP
+    >>> p_hat = cal.predict(eval_df.confidence, eval_df.depth)                           # doctest: +SKIP
+    >>> ece(p_hat, eval_df.label), choose_tau_trust(p_hat, eval_df.label, alpha=0.05).tau  # doctest: +SKIP
+"""
+
+from .calibrators import (
+    CALIBRATORS,
+    Calibrator,
+    IdentityCalibrator,
+    IsotonicCalibrator,
+    PlattCalibrator,
+    TemperatureCalibrator,
+    get_calibrator,
+    load_calibrator,
+    split_by_prompt,
+)
+from .guarantee import TrustThreshold, choose_tau_trust, default_grid, min_calibration_size
+from .metrics import auroc, brier, calibration_report, ece, log_loss, mce, reliability_table
+
+__all__ = [
+    "CALIBRATORS",
+    "Calibrator",
+    "IdentityCalibrator",
+    "IsotonicCalibrator",
+    "PlattCalibrator",
+    "TemperatureCalibrator",
+    "TrustThreshold",
+    "auroc",
+    "brier",
+    "calibration_report",
+    "choose_tau_trust",
+    "default_grid",
+    "ece",
+    "get_calibrator",
+    "load_calibrator",
+    "log_loss",
+    "mce",
+    "min_calibration_size",
+    "reliability_table",
+    "split_by_prompt",
+]
