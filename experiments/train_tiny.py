@@ -12,6 +12,7 @@ At the end the weights are exported in fp16 (DeepSeek layout) with the tokenizer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,8 +32,9 @@ from omegaconf import OmegaConf
 from specpolicy.data import load_corpus
 from specpolicy.data.tokenizer import as_transformers, train_tokenizer
 from specpolicy.data.tokens import encode_split
-from specpolicy.models.loading import TinyConfig, build_mtp_model, save_checkpoint
+from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model, save_checkpoint
 from specpolicy.models.mtp import mtp_chain_logits
+from specpolicy.models.unlikelihood import greedy_continue, repeated_ngram_mask, unlikelihood_loss
 
 
 @dataclass
@@ -54,6 +56,13 @@ class TrainConfig:
     max_steps: int = 20000
     max_minutes: float = 0.0  # > 0: stop (and anneal the LR) by wall clock, whichever of steps/time ends first
     mtp_lambda: float = 0.8
+    select_best: bool = True  # export the best-validation checkpoint (else the last)
+    ul_prob: float = 0.0  # share of steps that are sequence-level unlikelihood steps (anti-looping fine-tune)
+    ul_batch: int = 8
+    ul_prefix: int = 64
+    ul_new_tokens: int = 96
+    ul_ngram: int = 4
+    dropout: float = 0.0  # residual-branch and embedding dropout during training (hooks; the model is unchanged)
     train_depths: int = 4
     eval_every: int = 500
     eval_batches: int = 8
@@ -65,6 +74,7 @@ class TrainTinyConfig:
     model: dict = field(default_factory=lambda: {})  # overrides of TinyConfig fields
     data: DataPrep = field(default_factory=DataPrep)
     train: TrainConfig = field(default_factory=TrainConfig)
+    init_from: str = ""  # start from an exported checkpoint (fine-tuning) instead of random weights
     out_dir: str = "runs/train_tiny"
     export_dir: str = "runs/train_tiny/export"
     cache_dir: str = ".cache/specpolicy"
@@ -77,13 +87,20 @@ class TrainTinyConfig:
 ConfigStore.instance().store(name="train_tiny_schema", node=TrainTinyConfig)
 
 
-def prepare_data(cfg: TrainTinyConfig):
-    """Tokenizer + token streams, cached under ``cache_dir`` keyed by corpus fingerprint and settings."""
+def prepare_data(cfg: TrainTinyConfig, tokenizer=None):
+    """Tokenizer + token streams, cached under ``cache_dir`` keyed by corpus fingerprint and settings.
+
+    With ``tokenizer`` given (fine-tuning an exported model), the streams are encoded with it instead."""
     corpus = load_corpus()
     key = f"{corpus.fingerprint()[:12]}-v{cfg.data.vocab_size}-f{cfg.data.max_files}-t{int(cfg.data.use_test_code)}"
+    if tokenizer is not None:
+        vocab = json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()
+        key += "-tok" + hashlib.sha256(vocab).hexdigest()[:12]
     cache = Path(cfg.cache_dir) / key
     tok_dir = cache / "tokenizer"
-    if (tok_dir / "tokenizer.json").exists():
+    if tokenizer is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    elif (tok_dir / "tokenizer.json").exists():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -121,6 +138,41 @@ def losses(model, ids: torch.Tensor, depths: int) -> tuple[torch.Tensor, list[to
         labels = ids[:, j + 1 :]  # [B, T-j]
         mtp.append(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()))
     return main, mtp
+
+
+def add_dropout(model, p: float) -> None:
+    """Dropout on every attention/MLP branch output and on the embeddings, active only in train mode.
+
+    Llama has no residual dropout; on ~9M tokens of stdlib the model overfits within three epochs without it.
+    Forward hooks keep the architecture (and the exported checkpoint) exactly transformers' own."""
+    if p <= 0:
+        return
+
+    def hook(module, args, out):
+        if not module.training:
+            return out
+        if isinstance(out, tuple):
+            return (F.dropout(out[0], p, True),) + tuple(out[1:])
+        return F.dropout(out, p, True)
+
+    blocks = list(model.target.get_decoder().layers) + [layer.mtp_block for layer in model.drafter.layers]
+    for block in blocks:
+        block.self_attn.register_forward_hook(hook)
+        block.mlp.register_forward_hook(hook)
+    model.target.get_input_embeddings().register_forward_hook(hook)
+
+
+def ul_step_loss(model, train_t: torch.Tensor, tc: TrainConfig, gen: torch.Generator, autocast) -> torch.Tensor:
+    """Sequence-level unlikelihood: continue real prefixes greedily, penalise tokens of repeated n-grams."""
+    starts = torch.randint(0, len(train_t) - tc.ul_prefix - 1, (tc.ul_batch,), generator=gen)
+    prefix = batch_at(train_t, starts, tc.ul_prefix - 1)  # [B, ul_prefix]
+    model.target.eval()
+    with autocast():
+        seqs = greedy_continue(model.target, prefix, tc.ul_new_tokens)
+    model.target.train()
+    mask = repeated_ngram_mask(seqs.cpu(), tc.ul_ngram, start=tc.ul_prefix)
+    with autocast():
+        return unlikelihood_loss(model.target, seqs, mask)
 
 
 def lr_at(progress: float, step: int, tc: TrainConfig) -> float:
@@ -172,10 +224,15 @@ def train(cfg: TrainTinyConfig) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     tc = cfg.train
-    corpus, tokenizer, train_np, valid_np = prepare_data(cfg)
+    src = load_model(cfg.init_from, dtype=torch.float32) if cfg.init_from else None
+    corpus, tokenizer, train_np, valid_np = prepare_data(cfg, src.tokenizer if src else None)
     tiny = TinyConfig(**{**dict(cfg.model), "vocab_size": len(tokenizer)})
     hf_cfg = tiny.to_hf(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = build_mtp_model(hf_cfg, tokenizer, name="tiny", seed=cfg.seed)
+    if src is not None:  # fine-tune: same architecture, weights of the exported model
+        model.target.load_state_dict(src.target.state_dict())
+        model.drafter.load_state_dict(src.drafter.state_dict())
+    add_dropout(model, tc.dropout)
     model.target.to(device).train()
     model.drafter.to(device).train()
     params = list(model.target.parameters()) + [p for n, p in model.drafter.named_parameters() if n.startswith("layers.")]
@@ -209,6 +266,7 @@ def train(cfg: TrainTinyConfig) -> dict:
                mininterval=0.5 if sys.stderr.isatty() else 30)
     tokens_per_step = tc.batch_size * tc.seq_len
     last = time.perf_counter()
+    main, mtp, ul = torch.tensor(float("nan")), [], torch.tensor(float("nan"))
     while step < tc.max_steps:
         elapsed = time.perf_counter() - t0
         progress = max(step / tc.max_steps, elapsed / max_s if max_s > 0 else 0.0)
@@ -216,11 +274,14 @@ def train(cfg: TrainTinyConfig) -> dict:
             break
         for gparam in opt.param_groups:
             gparam["lr"] = lr_at(progress, step, tc)
-        starts = torch.randint(0, len(train_t) - tc.seq_len - 1, (tc.batch_size,), generator=gen)
-        ids = batch_at(train_t, starts, tc.seq_len)
-        with autocast():
-            main, mtp = losses(model, ids, tc.train_depths)
-            loss = main + tc.mtp_lambda * torch.stack(mtp).mean()
+        if tc.ul_prob > 0 and torch.rand((), generator=gen).item() < tc.ul_prob:
+            loss = ul = ul_step_loss(model, train_t, tc, gen, autocast)
+        else:
+            starts = torch.randint(0, len(train_t) - tc.seq_len - 1, (tc.batch_size,), generator=gen)
+            ids = batch_at(train_t, starts, tc.seq_len)
+            with autocast():
+                main, mtp = losses(model, ids, tc.train_depths)
+                loss = main + tc.mtp_lambda * torch.stack(mtp).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -231,7 +292,7 @@ def train(cfg: TrainTinyConfig) -> dict:
             now = time.perf_counter()
             tps = tokens_per_step * (10 if step > 1 else 1) / max(now - last, 1e-9)
             last = now
-            bar.set_postfix(loss=f"{main.item():.3f}", **{f"d{j+1}": f"{m.item():.2f}" for j, m in enumerate(mtp)},
+            bar.set_postfix(loss=f"{main.item():.3f}", **({"ul": f"{ul.item():.3f}"} if tc.ul_prob > 0 else {}), **{f"d{j+1}": f"{m.item():.2f}" for j, m in enumerate(mtp)},
                             tok_s=f"{tps:,.0f}")
         if step % tc.eval_every == 0 or step == tc.max_steps:
             model.target.eval(); model.drafter.eval()
@@ -240,7 +301,7 @@ def train(cfg: TrainTinyConfig) -> dict:
             model.target.train(); model.drafter.train()
             history.append(ev)
             score = ev["valid_main"] + sum(ev[f"valid_d{j + 1}"] for j in range(tc.train_depths)) / tc.train_depths
-            if score < best["score"]:
+            if score < best["score"] or not tc.select_best:
                 best.update(score=score, step=step, state=_snapshot(model))
             bar.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()}))
         if step % tc.ckpt_every == 0:
