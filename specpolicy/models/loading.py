@@ -183,7 +183,9 @@ def load_model(name_or_path: str = "tiny", device: str | torch.device = "cpu", d
             # Architectures without registered MTP key patterns (our Llama-based tiny model): DeepSeek layout.
             target._keys_to_ignore_on_load_unexpected = _mtp_key_patterns(text_cfg.num_hidden_layers, k)
         drafter = MtpModel.from_pretrained(target, device_map=dmap).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        local = Path(path).exists()
+        has_tok = not local or any((Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer = AutoTokenizer.from_pretrained(path) if has_tok else None
     card_path = Path(path) / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     name = name_or_path if name_or_path in EMBEDDED else Path(path).name
