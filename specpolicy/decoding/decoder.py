@@ -36,7 +36,7 @@ class DecodeError(ValueError):
 def _check_args(max_new_tokens: int, temperature: float, top_p: float, top_k: int, max_draft: int) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise DecodeError(f"max_new_tokens={max_new_tokens!r} is invalid; allowed: an integer >= 1")
-    if temperature < 0:
+    if not temperature >= 0:  # NaN too
         raise DecodeError(f"temperature={temperature} is invalid; allowed: 0 (greedy) or > 0")
     if not 0 < top_p <= 1:
         raise DecodeError(f"top_p={top_p} is invalid; allowed: 0 < top_p <= 1")
@@ -78,6 +78,8 @@ def generate(
     _check_args(max_new_tokens, temperature, top_p, top_k, max_draft)
     policy = get_policy(policy, **policy_params) if isinstance(policy, str) else policy
     if isinstance(prompt, str):
+        if prompt and model.tokenizer is None:
+            raise DecodeError("prompt is text but the model has no tokenizer; allowed: a list of token ids")
         prompt_ids = model.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
     else:
         prompt_ids = [int(t) for t in prompt]

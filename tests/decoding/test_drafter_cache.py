@@ -1,0 +1,65 @@
+"""The drafter's per-depth KV caches give the drafts that a cache-free, teacher-forced MTP chain gives.
+
+Greedy exactness cannot see a stale drafter cache (a wrong draft is merely rejected), so every draft recorded in a
+run is recomputed from scratch with ``mtp_chain_logits`` (the training path) over the committed tokens followed by
+the earlier drafts of the step, and compared with the decoder's draft and its confidence q(d_j). This covers the
+catch-up after accepted tokens, the crop after a correction, depths past the last MTP layer, trusted tokens and probes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specpolicy.decoding import generate
+from specpolicy.decoding.acceptance import warp
+from specpolicy.models.mtp import mtp_chain_logits
+
+CASES = [
+    # (seed, K, policy, params, decode kwargs)
+    (0, 1, "fixed", {"k": 4}, {}),
+    (1, 2, "fixed", {"k": 5}, {}),
+    (2, 3, "heuristic", {}, {}),
+    (3, 2, "threshold", {"tau_extend": 0.2, "k_max": 6}, {}),
+    (4, 2, "threshold", {"tau_extend": 0.3, "tau_trust": 0.2, "k_max": 4}, {}),  # trusted tokens
+    (5, 2, "typical", {"k": 3}, {}),  # relaxed tokens
+    (0, 2, "entropy", {"max_entropy": 2.0}, {"probe_depth": 6}),
+    (1, 3, "fixed", {"k": 3}, {"temperature": 1.0, "seed": 4}),  # sampled drafts
+    (2, 1, "fixed", {"k": 2}, {"temperature": 0.8, "top_k": 5, "seed": 1, "probe_depth": 4}),
+]
+
+
+def _reference_drafts(model, tokens: list[int], n: int, m: int):
+    """Logits of the chain at index n-1 for depths 1..m. tokens: t_0..t_n (last committed), then d_1..d_{m-1}."""
+    ids = torch.tensor([tokens])  # [1, n + m]
+    with torch.no_grad():
+        h0 = model.target.get_decoder()(input_ids=ids).last_hidden_state  # [1, n + m, H]; causal: rows >= n unused
+        chain = mtp_chain_logits(model.drafter, h0, ids, m)  # depth j: [1, n + m - j, V], row i predicts t_{i+j+1}
+    return [chain[j][0, n - 1] for j in range(m)]
+
+
+@pytest.mark.parametrize(("seed", "k", "policy", "params", "decode"), CASES)
+def test_drafts_equal_cache_free_chain(tiny, seed, k, policy, params, decode):
+    model = tiny(seed=seed, k=k, tie=0.8)
+    prompt = [(7 * seed + 3 * i) % 64 for i in range(5 + seed)]
+    res = generate(model, prompt, policy, max_new_tokens=30, **params, **decode)
+    sample = decode.get("temperature", 0.0) > 0
+    warp_kw = {key: decode[key] for key in ("temperature", "top_k", "top_p") if key in decode}
+    checked = 0
+    for s in res.steps:
+        chain = list(s.drafts) + list(s.probe)
+        conf = list(s.confidence) + list(s.probe_confidence)
+        if not chain:
+            continue
+        committed = prompt + list(res.token_ids[: s.position])
+        n = len(committed) - 1
+        ref = _reference_drafts(model, committed + chain[:-1], n, len(chain))
+        for j, (d, c, logits) in enumerate(zip(chain, conf, ref)):
+            q = warp(logits, **warp_kw) if sample else torch.softmax(logits.float(), -1)
+            if not sample:
+                assert d == int(logits.argmax()), (s.step, j + 1)
+            assert c == pytest.approx(float(q[d]), abs=1e-5), (s.step, j + 1)
+            checked += 1
+    assert checked >= 10
+    # the caches were cropped past drafted entries at least once (a rejection), or lossy tokens were committed
+    assert any(s.accepted < len(s.drafts) for s in res.steps) or res.stats.lossy_tokens > 0
