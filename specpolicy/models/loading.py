@@ -75,6 +75,11 @@ def build_mtp_model(config, tokenizer=None, name: str = "custom", seed: int | No
     if not k:
         raise ValueError("config has no num_mtp_layers >= 1: this model has no MTP layers to draft with")
     drafter = MtpModel(target, k)
+    # MtpModel's post_init only initialises standard layer types; MoE experts/routers (deepseek_v3, glm4_moe) would
+    # keep uninitialised memory. Re-run the target's initialiser on the MTP layers only (embedding/head are shared).
+    with torch.no_grad():
+        for module in drafter.layers.modules():
+            target._init_weights(module)
     return MTPModel(target.eval(), drafter.eval(), tokenizer, name=name)
 
 

@@ -37,16 +37,10 @@ def _one_thread():
 
 
 def init_moe_drafter(model) -> None:
-    """Initialise the MoE experts/router of the MTP layers, which ``MtpModel.__init__`` leaves as ``torch.empty``.
-
-    ``MtpModel`` is a generic ``PreTrainedModel``: its ``_init_weights`` knows Linear/Embedding/norms but not the
-    ``*Experts`` / ``*TopkRouter`` parameters that ``DeepseekV3PreTrainedModel._init_weights`` handles, so a freshly
-    built drafter of a MoE architecture holds uninitialised memory (NaN / 1e38 seen). The target's own
-    ``_init_weights`` knows these modules.
-    """
-    for module in model.drafter.layers.modules():
-        if type(module).__name__.endswith(("Experts", "TopkRouter")):
-            model.target._init_weights(module)
+    """``build_mtp_model`` must initialise the MoE experts/router of the MTP layers (``MtpModel.__init__`` leaves them
+    as ``torch.empty``; NaN / 1e38 were seen before the loader re-ran the target's initialiser on them)."""
+    for name, prm in model.drafter.layers.named_parameters():
+        assert torch.isfinite(prm).all() and prm.abs().max() < 1e3, f"uninitialised MTP weight {name}"
 
 
 def shape_model(model, sharpen: float = 20.0, tie: float = 1.0, context: float = 0.5):

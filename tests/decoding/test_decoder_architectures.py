@@ -3,7 +3,8 @@ GLM-4.5 (``glm4_moe``) models with MTP layers, built from transformers' own conf
 
 Two things a random build of these needs, neither in the decoder:
 - ``experts_implementation="eager"``: the default grouped-mm experts kernel (``torch._grouped_mm``) has no float64.
-- the MTP layers' MoE experts/router are left uninitialised by ``MtpModel`` (``init_moe_drafter`` in conftest).
+- the MTP layers' MoE experts/router, which ``MtpModel`` leaves uninitialised, are initialised by ``build_mtp_model``
+  (checked by ``init_moe_drafter`` in conftest).
 """
 
 from __future__ import annotations
