@@ -33,7 +33,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from specpolicy import generate, get_policy, load_model
+from specpolicy import generate, get_policy
+from specpolicy.models.loading import load_model_conf
 from specpolicy.data import load_corpus, sample_prompts
 
 LOSSLESS = [
@@ -44,7 +45,7 @@ LOSSLESS = [
 
 @dataclass
 class BenchConfig:
-    model: str = "tiny"
+    model: dict = field(default_factory=lambda: {"path": "tiny", "device": "cpu", "dtype": None})  # group model/
     mode: str = "speed"  # speed | memory
     n_prompts: int = 20
     prompt_tokens: int = 64
@@ -112,7 +113,7 @@ def cost_curve(model, ctx: list[int], max_m: int = 8, reps: int = 30) -> dict:
 
 
 def speed(cfg: BenchConfig) -> dict:
-    model = load_model(cfg.model)
+    model = load_model_conf(cfg.model)
     prompts = sample_prompts(load_corpus(), model.tokenizer, cfg.n_prompts, cfg.prompt_tokens, cfg.seed)
     variants = _variants(cfg, model)
     names = list(variants)
@@ -171,10 +172,10 @@ def _cpu_name() -> str:
     return "unknown"
 
 
-def memory_probe(model_name: str, n_prompts: int, new_tokens: int, policy: str, threads: int) -> int:
+def memory_probe(model_conf: dict, n_prompts: int, new_tokens: int, policy: str, threads: int) -> int:
     """Peak RSS (KiB) of a process that loads the model and decodes n_prompts x new_tokens (run in a child)."""
     torch.set_num_threads(threads)
-    model = load_model(model_name)
+    model = load_model_conf(model_conf)
     prompts = sample_prompts(load_corpus(), model.tokenizer, n_prompts, 64, 0)
     for p in prompts:
         generate(model, list(p.ids), policy, max_new_tokens=new_tokens)
@@ -184,7 +185,7 @@ def memory_probe(model_name: str, n_prompts: int, new_tokens: int, policy: str, 
 def memory(cfg: BenchConfig) -> dict:
     out = {}
     for n in (2, 20):
-        code = (f"from experiments.bench import memory_probe; print(memory_probe({cfg.model!r}, {n}, 512, "
+        code = (f"from experiments.bench import memory_probe; print(memory_probe({dict(cfg.model)!r}, {n}, 512, "
                 f"{cfg.memory_policy!r}, {cfg.threads}))")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         out[f"peak_rss_mib_{n}_prompts"] = int(r.stdout.strip().splitlines()[-1]) / 1024

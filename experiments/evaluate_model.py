@@ -1,7 +1,7 @@
 """Model report: how good is an MTP model as a target and as a drafter, on the held-out test split.
 
     python -m experiments.evaluate_model                               # the embedded tiny model
-    python -m experiments.evaluate_model model=/path/to/export write_card=true
+    python -m experiments.evaluate_model model=hf model.path=/path/to/export write_card=true
 
 Writes ``report.json`` to Hydra's run directory (``hydra.run.dir=...`` chooses it): next-token top-1 accuracy and
 NLL on real test text; per MTP depth j the agreement of the depth-j draft with the target's greedy token
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -27,14 +27,14 @@ from tqdm.auto import tqdm
 from specpolicy.data import load_corpus, sample_prompts
 from specpolicy.data.tokens import encode_split
 from specpolicy.metrics.model_quality import draft_agreement, loop_share, next_token_accuracy
-from specpolicy.models.loading import load_model, resolve_model_path
+from specpolicy.models.loading import load_model_conf, resolve_model_path
 
 BAR = {"top1": 0.40, "depth1_agreement": 0.65, "depth3_agreement": 0.40, "depth1_auroc": 0.75, "loop_share": 0.30}
 
 
 @dataclass
 class EvaluateConfig:
-    model: str = "tiny"
+    model: dict = field(default_factory=lambda: {"path": "tiny", "device": "cpu", "dtype": None})  # group model/
     n_windows: int = 64  # real-text windows for top-1 accuracy
     window_tokens: int = 512
     n_prompts: int = 64  # greedy generations for agreement and looping
@@ -53,7 +53,8 @@ ConfigStore.instance().store(name="evaluate_model_schema", node=EvaluateConfig)
 def evaluate(cfg: EvaluateConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    model = load_model(cfg.model)
+    model = load_model_conf(cfg.model)
+    load_s = time.perf_counter() - t0
     corpus = load_corpus()
     stream = encode_split(corpus, model.tokenizer, "test")
     acc = next_token_accuracy(model, stream, cfg.n_windows, cfg.window_tokens, cfg.seed)
@@ -67,7 +68,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         gens.append(out[0, len(p.ids):].tolist())
     agree = draft_agreement(model, seqs, [len(p.ids) for p in prompts], cfg.depths)
     report = {
-        "model": cfg.model,
+        "model": cfg.model["path"],
         "corpus_fingerprint": corpus.fingerprint(),
         "test_tokens": int(len(stream)),
         "next_token": acc,
@@ -76,6 +77,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "n_generations": len(gens),
         "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
         "seconds": round(time.perf_counter() - t0, 1),
+        "load_seconds": round(load_s, 2),
     }
     report["bar"] = {
         "top1": (acc["top1"], BAR["top1"], acc["top1"] >= BAR["top1"]),
@@ -103,7 +105,10 @@ def model_card_markdown(card: dict) -> str:
         f"- Parameters: target {card.get('parameters', {}).get('target')}, MTP {card.get('parameters', {}).get('mtp')}",
         f"- Training: {tr.get('tokens_seen')} tokens seen, exported at step {tr.get('exported_step')} of "
         f"{tr.get('steps')} (best validation), {tr.get('wall_clock_s')} s on {tr.get('device')}",
-        f"- Corpus fingerprint: `{card.get('corpus', {}).get('fingerprint', '')[:16]}`",
+        f"- Training corpus: CPython {card.get('corpus', {}).get('root_python')} standard library, fingerprint "
+        f"`{card.get('corpus', {}).get('fingerprint', '')[:16]}`; evaluation corpus fingerprint "
+        f"`{ev.get('corpus_fingerprint', '')[:16]}` (same module split: a module's split is a hash of its name)",
+        f"- `load_model` time at evaluation: {ev.get('load_seconds')} s",
         "",
         "## Measured on the test split (`python -m experiments.evaluate_model`)",
         "",
@@ -124,7 +129,8 @@ def write_card(model_name: str, report: dict) -> Path:
     card_path = d / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {"name": model_name}
     card["evaluation"] = {k: report[k] for k in ("next_token", "depths", "loop_share", "n_generations", "bar",
-                                                 "test_tokens", "corpus_fingerprint", "config")}
+                                                 "test_tokens", "corpus_fingerprint", "config",
+                                                 "load_seconds")}
     tmp = card_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, card_path)
@@ -146,7 +152,7 @@ def main(cfg) -> None:
         print(f"  depth {j}: agreement {d['agreement']:.3f}  cond {d['conditional_acceptance']:.3f}  "
               f"chain {d['chain_acceptance']:.3f}  auroc {d['auroc']:.3f}")
     if c.write_card:
-        print(f"card updated: {write_card(c.model, report)}")
+        print(f"card updated: {write_card(c.model['path'], report)}")
     print(f"report: {out}")
 
 

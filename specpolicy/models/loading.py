@@ -195,3 +195,12 @@ def load_model(name_or_path: str = "tiny", device: str | torch.device = "cpu", d
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     name = name_or_path if name_or_path in EMBEDDED else Path(path).name
     return MTPModel(target.eval(), drafter.to(dtype).eval(), tokenizer, name=name, card=card)
+
+
+def load_model_conf(conf) -> MTPModel:
+    """``load_model`` from a config mapping with ``path`` and optional ``device`` (``auto`` = CUDA if present) and
+    ``dtype`` — the ``model/`` config group every experiment shares."""
+    device = conf.get("device") or "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(conf.get("path") or "tiny", device=device, dtype=conf.get("dtype"))

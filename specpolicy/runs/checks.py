@@ -1,0 +1,185 @@
+"""Everything a run checks before decoding: policy parameters, decode settings, model, prompts, resumability.
+
+Each check raises ``UserError`` with one line: what is wrong and what is allowed. ``experiments.run`` calls these on
+the composed config before Hydra creates a results directory (and again inside the job, for sweeps), prints the
+line to stderr and exits with code 2. The functions take any attribute-style config (an OmegaConf node or a
+dataclass), so they are unit-testable without Hydra.
+
+Example:
+    >>> arms = validate(cfg)            # [Arm(ar), Arm(fixed), Arm(threshold)] or UserError
+    >>> model = load(cfg.model); prompts, info = prompts_for(cfg.data, model.tokenizer)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from specpolicy.policies import PolicyParamError, UnknownPolicyError
+
+from .arms import Arm, plan_arms
+from .prompt_file import PromptFileError, read_prompt_file
+from .records import RecordStore
+
+__all__ = ["UserError", "validate", "check_model", "check_data", "load", "prompts_for", "check_resume",
+           "remove_if_empty"]
+
+DATA_SOURCES = ("stdlib_test", "file")
+SPLITS = ("test", "valid")  # held-out splits only: prompts from train would flatter the drafter
+
+
+class UserError(ValueError):
+    """Bad input a user can fix; ``str(err)`` is the one line to show."""
+
+
+def _missing(node, key: str) -> bool:
+    try:
+        value = getattr(node, key)
+    except Exception:  # omegaconf.MissingMandatoryValue
+        return True
+    return value is None or value == "???"
+
+
+def validate(cfg) -> list[Arm]:
+    """Check policy parameters (via the registry), decode and run settings, model and data; return the arms.
+
+    Example:
+        >>> validate(cfg)[-1].params
+        {'tau_extend': 0.5, 'tau_trust': 0.95, 'k_max': 6}
+    """
+    d = cfg.decode
+    checks = [
+        (isinstance(d.max_new_tokens, int) and d.max_new_tokens >= 1,
+         f"decode.max_new_tokens={d.max_new_tokens} is invalid; allowed: an integer >= 1"),
+        (d.temperature >= 0, f"decode.temperature={d.temperature} is invalid; allowed: 0 (greedy) or > 0 (sampling)"),
+        (0 < d.top_p <= 1, f"decode.top_p={d.top_p} is invalid; allowed: 0 < top_p <= 1"),
+        (d.top_k >= 0, f"decode.top_k={d.top_k} is invalid; allowed: 0 (off) or >= 1"),
+        (d.max_draft >= 0, f"decode.max_draft={d.max_draft} is invalid; allowed: >= 0"),
+        (cfg.threads >= 1, f"threads={cfg.threads} is invalid; allowed: an integer >= 1"),
+        (cfg.bootstrap >= 0, f"bootstrap={cfg.bootstrap} is invalid; allowed: >= 0 resamples"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    params = {k: getattr(cfg.policy, k) for k in cfg.policy if k != "name"}
+    try:
+        arms = plan_arms(cfg.policy.name, params, cfg.baselines)
+    except (UnknownPolicyError, PolicyParamError) as err:
+        raise UserError(str(err)) from None
+    check_model(cfg.model)
+    check_data(cfg.data)
+    return arms
+
+
+def check_model(m) -> None:
+    """Model path resolvable (embedded, existing checkpoint directory, or hub id), dtype and device allowed."""
+    import torch
+
+    from specpolicy.models.loading import DTYPES, ModelNotFoundError, resolve_model_path
+
+    if _missing(m, "path") or not str(m.path):
+        raise UserError("model.path is missing; allowed: model=tiny, or model=hf model.path=<checkpoint dir or hub id>")
+    try:
+        resolve_model_path(str(m.path))
+    except ModelNotFoundError as err:
+        raise UserError(str(err)) from None
+    if m.dtype is not None and m.dtype not in DTYPES:
+        raise UserError(f"model.dtype={m.dtype} is unknown; allowed: {', '.join(DTYPES)} or null")
+    dev = str(m.device)
+    if not (dev in ("cpu", "auto") or dev == "cuda" or dev.startswith("cuda:")):
+        raise UserError(f"model.device={dev} is unknown; allowed: cpu, cuda, cuda:N, auto")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"model.device={dev} but CUDA is not available here; allowed: cpu or auto")
+
+
+def check_data(data) -> list[tuple[str, str]] | None:
+    """Data source known; sizes positive; a prompt file readable with no empty prompt (returns its prompts)."""
+    if data.name not in DATA_SOURCES:
+        raise UserError(f"data.name={data.name} is unknown; allowed: {', '.join(DATA_SOURCES)}")
+    if data.name == "file":
+        if _missing(data, "path") or not str(data.path):
+            raise UserError("data=file needs data.path=<prompts .jsonl or .txt>; allowed: an existing file")
+        if data.n_prompts < 0:
+            raise UserError(f"data.n_prompts={data.n_prompts} is invalid; allowed: 0 (all) or >= 1")
+        try:
+            return read_prompt_file(data.path, data.n_prompts)
+        except PromptFileError as err:
+            raise UserError(str(err)) from None
+    if data.n_prompts < 1:
+        raise UserError(f"data.n_prompts={data.n_prompts} is invalid; allowed: an integer >= 1")
+    if data.prompt_tokens < 1:
+        raise UserError(f"data.prompt_tokens={data.prompt_tokens} is invalid; allowed: an integer >= 1")
+    if data.split not in SPLITS:
+        raise UserError(f"data.split={data.split} is invalid; allowed: {', '.join(SPLITS)}")
+    return None
+
+
+def load(m):
+    """The model named by ``m`` (path, device, dtype); loading failures become one-line ``UserError``s."""
+    import torch
+
+    from specpolicy.models.loading import ModelNotFoundError, load_model
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if m.device == "auto" else m.device
+    try:
+        return load_model(str(m.path), device=device, dtype=m.dtype)
+    except (ModelNotFoundError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"model {m.path!r} could not be loaded: {first}") from None
+
+
+def prompts_for(data, tokenizer) -> tuple[list, dict]:
+    """(prompts, data fingerprint for environment.json): seeded stdlib prompts or a prompt file, tokenized."""
+    from specpolicy.data import Prompt, load_corpus, sample_prompts
+
+    if data.name == "file":
+        items = check_data(data)
+        out = []
+        for pid, text in items:
+            ids = tuple(tokenizer.encode(text, add_special_tokens=False))
+            if not ids:
+                raise UserError(f"prompt {pid} encodes to no tokens; allowed: non-empty text")
+            out.append(Prompt(pid, text, ids, str(data.path)))
+        sha = hashlib.sha256(Path(data.path).expanduser().read_bytes()).hexdigest()
+        return out, {"data": "file", "prompt_file": str(data.path), "prompt_file_sha256": sha}
+    corpus = load_corpus()
+    try:
+        prompts = sample_prompts(corpus, tokenizer, data.n_prompts, data.prompt_tokens, data.seed, data.split)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return prompts, {"data": "stdlib_test", "corpus_fingerprint": corpus.fingerprint(), "corpus_root": str(corpus.root)}
+
+
+def check_resume(store: RecordStore, arms: list[Arm], run_key: str, run_dir: Path) -> None:
+    """Records already in ``run_dir`` must come from the same model/data/decode settings and policy parameters."""
+    params = {a.label: a.params for a in arms}
+    for r in store.records:
+        if r.get("run_key") != run_key or (r["policy"] in params and r["params"] != params[r["policy"]]):
+            raise UserError(
+                f"{run_dir} holds records of another configuration ({r['policy']} on {r['prompt_id']}); "
+                "allowed: the same settings to resume, or a new hydra.run.dir"
+            )
+
+
+def remove_if_empty(run_dir: Path, log_name: str = "run.log") -> bool:
+    """Remove a results directory that holds only what Hydra wrote at start (no records); then empty parents.
+
+    Nothing else is ever deleted: a directory holding anything besides ``.hydra/``, the job log and ``config.yaml``
+    is kept as it is. Returns True if ``run_dir`` was removed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    allowed = {".hydra", log_name, "config.yaml"}
+    if any(p.name not in allowed for p in run_dir.iterdir()):
+        return False
+    for p in run_dir.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    run_dir.rmdir()
+    stop = Path.cwd().resolve()
+    parent = run_dir.resolve().parent
+    while parent != stop and stop in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return True

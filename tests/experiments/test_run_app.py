@@ -1,0 +1,109 @@
+"""`python -m experiments.run` end to end on the shipped tiny model (few short prompts): files, summary, console,
+baselines, lossless guarantees, sampling, and --multirun through the basic and joblib launchers."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import SMALL, records, run_app, summary
+
+from specpolicy.runs.steps import STEP_COLUMNS
+
+FILES = ("records.jsonl", "steps.jsonl", "steps.parquet", "summary.json", "environment.json", "config.yaml",
+         "overview.png", ".hydra/config.yaml")
+FIGURES = ("tpf", "tokens_per_s", "speedup_vs_ar", "target_forwards", "mean_draft_len", "acceptance_by_depth",
+           "lossy_token_rate", "lossy_error_rate", "exact_match_rate", "first_divergence", "target_nll")
+
+
+def test_threshold_run_writes_everything(tmp_path, ok):
+    out = tmp_path / "run"
+    proc = ok(run_app("policy=threshold", *SMALL, f"hydra.run.dir={out}"))
+    for f in FILES:
+        assert (out / f).is_file(), f
+    recs = records(out)
+    assert len(recs) == 2 * 3 and len({(r["prompt_id"], r["policy"]) for r in recs}) == 6  # ar, fixed, threshold
+    for r in recs:
+        assert len(r["token_ids"]) == len(r["provenance"]) == r["stats"]["new_tokens"] <= 16
+        assert r["finished_by"] in ("eos", "length") and r["nll_tokens"] == r["stats"]["new_tokens"]
+    assert {r["params"].get("k") for r in recs if r["policy"] == "fixed"} == {6}  # fixed at threshold's k_max
+    s = summary(out)
+    assert list(s["policies"]) == ["ar", "fixed", "threshold"] and s["reference"] == "ar"
+    for label, entry in s["policies"].items():
+        for key in FIGURES:
+            assert key in entry, (label, key)
+        assert entry["tpf"]["ci95"][0] <= entry["tpf"]["value"] <= entry["tpf"]["ci95"][1]
+    assert s["policies"]["ar"]["tpf"]["value"] == 1.0 and s["policies"]["ar"]["speedup_vs_ar"]["value"] == 1.0
+    assert s["policies"]["threshold"]["acceptance_by_depth"][0]["depth"] == 1
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert tuple(steps.columns) == STEP_COLUMNS
+    assert set(steps.policy) == {"ar", "fixed", "threshold"}
+    forwards = {(r["prompt_id"], r["policy"]): r["stats"]["steps"] for r in recs}
+    assert steps.groupby(["prompt_id", "policy"]).size().to_dict() == forwards  # every step of every record
+    env = json.loads((out / "environment.json").read_text())
+    for key in ("python", "torch", "transformers", "device", "threads", "git", "corpus_fingerprint",
+                "model_fingerprint", "model_card_sha256"):
+        assert key in env, key
+    assert env["threads"]["torch"] == 1
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["policy", "tpf"] and lines[-1] == f"results: {out}"
+    assert [ln.split()[0] for ln in lines[1:4]] == ["ar", "fixed", "threshold"]
+    assert "prompts" in proc.stderr  # the tqdm bar
+
+
+def _assert_lossless(entry: dict, label: str) -> None:
+    assert entry["lossless"] is True, label
+    assert entry["lossy_token_rate"]["value"] == 0, label
+    assert entry["lossy_error_rate"]["value"] == 0, label
+    assert entry["exact_match_rate"]["value"] == 1, label  # greedy: token for token the ar output
+    assert entry["first_divergence"]["value"] == entry["new_tokens"] / entry["n_prompts"], label
+
+
+def test_fixed_k4_is_lossless_and_decoded_once(tmp_path, ok):
+    out = tmp_path / "run"
+    ok(run_app("policy=fixed", "policy.k=4", *SMALL, "data.n_prompts=3", "decode.max_new_tokens=24", "figure=false",
+               f"hydra.run.dir={out}"))
+    s = summary(out)
+    assert list(s["policies"]) == ["ar", "fixed"]  # the fixed baseline is the policy itself: decoded once
+    assert s["policies"]["fixed"]["params"] == {"k": 4} and s["policies"]["fixed"]["role"] == "policy"
+    for label, entry in s["policies"].items():
+        _assert_lossless(entry, label)
+
+
+def test_sampling_run_with_a_lossy_policy(tmp_path, ok):
+    out = tmp_path / "run"
+    ok(run_app("decode=sampling", "decode.temperature=0.8", "policy.tau_trust=0.3", "policy.tau_extend=0.0", *SMALL,
+               "figure=false", f"hydra.run.dir={out}"))
+    s = summary(out)
+    assert "not expected" in s["reference_note"]  # sampled ar is one draw: exact match is no criterion here
+    assert "temperature: 0.8" in (out / "config.yaml").read_text()
+    p = s["policies"]
+    assert p["threshold"]["lossless"] is False
+    assert p["threshold"]["lossy_token_rate"]["value"] > 0
+    assert 0 <= p["threshold"]["lossy_error_rate"]["value"] <= p["threshold"]["lossy_token_rate"]["value"]
+    assert p["ar"]["lossy_token_rate"]["value"] == p["fixed"]["lossy_token_rate"]["value"] == 0
+    assert all(r["stats"]["new_tokens"] > 0 for r in records(out))
+
+
+def test_multirun_basic_launcher(tmp_path, ok):
+    sweep = tmp_path / "sweep"
+    ok(run_app("--multirun", "policy=fixed,threshold", *SMALL, "data.n_prompts=3", "decode.max_new_tokens=24",
+               "figure=false", f"hydra.sweep.dir={sweep}"))
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_fixed", "1_threshold"]
+    assert list(summary(sweep / "0_fixed")["policies"]) == ["ar", "fixed"]
+    assert list(summary(sweep / "1_threshold")["policies"]) == ["ar", "fixed", "threshold"]
+    for job in ("0_fixed", "1_threshold"):
+        for label, entry in summary(sweep / job)["policies"].items():
+            _assert_lossless(entry, f"{job}/{label}")
+
+
+@pytest.mark.slow
+def test_multirun_joblib_launcher(tmp_path, ok):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    ok(run_app("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "policy=ar,fixed", *SMALL,
+               "data.n_prompts=1", "figure=false", "baselines=false", f"hydra.sweep.dir={sweep}"))
+    assert summary(sweep / "0_ar")["policies"].keys() == {"ar"}
+    assert summary(sweep / "1_fixed")["policies"].keys() == {"fixed"}
+    assert summary(sweep / "1_fixed")["reference"] is None  # baselines=false and not ar itself: nothing paired
