@@ -35,6 +35,7 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: E402
 
+import specpolicy.calibration  # noqa: E402,F401  (registers the policies that live outside policies/: calibrated)
 from specpolicy.policies import list_policies, policy_class  # noqa: E402
 from specpolicy.runs import checks  # noqa: E402
 from specpolicy.runs.arms import REFERENCE, Arm, rotate  # noqa: E402
