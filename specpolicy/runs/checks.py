@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from specpolicy.policies import PolicyParamError, UnknownPolicyError
@@ -41,6 +42,15 @@ def _missing(node, key: str) -> bool:
     return value is None or value == "???"
 
 
+def _plain(node) -> dict:
+    """Plain Python values of a config node (nested OmegaConf containers become dicts/lists: JSON-safe params)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node) if isinstance(node, Mapping) else dict(vars(node))
+
+
 def validate(cfg) -> list[Arm]:
     """Check policy parameters (via the registry), decode and run settings, model and data; return the arms.
 
@@ -62,7 +72,7 @@ def validate(cfg) -> list[Arm]:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    params = {k: getattr(cfg.policy, k) for k in cfg.policy if k != "name"}
+    params = {k: v for k, v in _plain(cfg.policy).items() if k != "name"}
     try:
         arms = plan_arms(cfg.policy.name, params, cfg.baselines)
     except (UnknownPolicyError, PolicyParamError) as err:

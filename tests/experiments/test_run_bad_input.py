@@ -90,6 +90,8 @@ def test_error_inside_the_job_removes_its_directory(tmp_path):
 def test_help_lists_the_groups():
     proc = run_app("--help", cwd=REPO)
     assert proc.returncode == 0
-    for line in ("policy: ar, entropy, fixed, heuristic, threshold, topk_relaxed, typical", "model: hf, tiny",
-                 "data: file, stdlib_test", "decode: greedy, sampling", "experiment: paper_threshold"):
+    policies = sorted(p.stem for p in (run_module.CONF_DIR / "policy").glob("*.yaml"))
+    assert {"ar", "fixed", "threshold"} <= set(policies)
+    for line in (f"policy: {', '.join(policies)}", "model: hf, tiny", "data: file, stdlib_test",
+                 "decode: greedy, sampling", "experiment: paper_threshold", "tau_trust: 1.0"):
         assert line in proc.stdout
