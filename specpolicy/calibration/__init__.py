@@ -1,11 +1,14 @@
 """Calibration: how well drafted-token confidences predict acceptance, maps that fix them, and certified trust.
 
 Pure numbers over trace tables (one row per drafted token: ``depth, confidence, entropy, margin, position,
-prompt_id, policy, label`` and optionally ``soft_label``); nothing here runs a model.
+prompt_id, policy, label`` and optionally ``soft_label``); nothing here runs a model except ``collect``, which
+drives the decoder to record such rows.
 
 - ``metrics``: ECE (equal-width and equal-mass bins), MCE, Brier, log loss, AUROC, reliability tables, and
   ``calibration_report`` with prompt-level bootstrap intervals.
 - ``calibrators``: identity / temperature / Platt / isotonic maps q -> P(accept), fitted per depth, saved as JSON.
+- ``data``: the rows themselves, from decoded results, a run's ``steps.parquet``, or a dedicated ``collect`` run.
+- ``policy``: the ``calibrated`` policy (registered on import): any registered policy fed calibrated P(accept).
 - ``guarantee``: ``choose_tau_trust`` picks tau_trust so the error rate of trusted drafts is <= alpha with
   probability >= 1 - delta (Learn-then-Test, fixed-sequence, exact binomial p-values).
 
@@ -28,11 +31,17 @@ from .calibrators import (
     load_calibrator,
     split_by_prompt,
 )
+from .data import ROW_COLUMNS, CalibrationDataError, collect, rows_from_results, rows_from_run, rows_from_steps
 from .guarantee import TrustThreshold, choose_tau_trust, default_grid, min_calibration_size
 from .metrics import auroc, brier, calibration_report, ece, log_loss, mce, reliability_table
+from .policy import SHIPPED_DIR, CalibratedPolicy, resolve_calibrator, shipped_calibrators
 
 __all__ = [
     "CALIBRATORS",
+    "ROW_COLUMNS",
+    "SHIPPED_DIR",
+    "CalibratedPolicy",
+    "CalibrationDataError",
     "Calibrator",
     "IdentityCalibrator",
     "IsotonicCalibrator",
@@ -43,6 +52,7 @@ __all__ = [
     "brier",
     "calibration_report",
     "choose_tau_trust",
+    "collect",
     "default_grid",
     "ece",
     "get_calibrator",
@@ -51,5 +61,10 @@ __all__ = [
     "mce",
     "min_calibration_size",
     "reliability_table",
+    "resolve_calibrator",
+    "rows_from_results",
+    "rows_from_run",
+    "rows_from_steps",
+    "shipped_calibrators",
     "split_by_prompt",
 ]
