@@ -6,6 +6,7 @@
     >>> res.text, res.provenance, res.stats.tpf
 """
 
+from . import calibration  # noqa: F401  (registers the "calibrated" policy wrapper)
 from .decoding import GenerationResult, generate
 from .models.loading import load_model
 from .policies import Action, Policy, StepOutcome, StepState, get_policy, list_policies, register_policy

@@ -5,12 +5,14 @@ confidences q(d_j), entropies and top-1/top-2 margins, plus running acceptance s
 The decoder (``specpolicy.decoding``) and the trace replayer (``specpolicy.replay``) drive the same policy objects
 through the same ``StepState``, which is what makes replay exact. This module imports nothing else of ours.
 
-Example:
-    >>> class Greedy3(Policy):
-    ...     name = "greedy3"
-    ...     def decide(self, state):
-    ...         return Action.extend() if state.depth < 3 else Action.verify()
-    >>> res = generate(model, "def f(", policy=Greedy3())       # no registration needed
+Example (with ``from specpolicy import generate, load_model``)::
+
+    class Greedy3(Policy):
+        name = "greedy3"
+        def decide(self, state):
+            return Action.extend() if state.depth < min(3, state.budget) else Action.verify()
+
+    res = generate(load_model("tiny"), "def f(", policy=Greedy3())       # no registration needed
 """
 
 from __future__ import annotations

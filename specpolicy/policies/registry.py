@@ -86,8 +86,8 @@ def list_policies() -> list[str]:
     """The registered policy names, sorted.
 
     Example:
-        >>> list_policies()[:3]
-        ['ar', 'entropy', 'fixed']
+        >>> list_policies()[:2]
+        ['ar', 'calibrated']
     """
     return sorted(_REGISTRY)
 

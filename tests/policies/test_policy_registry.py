@@ -57,8 +57,9 @@ def test_misspelt_name_suggests_the_closest_one():
 
 
 def test_unknown_name_without_a_close_match_lists_the_allowed_names():
-    with pytest.raises(UnknownPolicyError, match=r"unknown policy 'zzzz'; allowed: ar, entropy, fixed") as err:
+    with pytest.raises(UnknownPolicyError, match=r"unknown policy 'zzzz'; allowed: ar, ") as err:
         policy_class("zzzz")
+    assert str(err.value).endswith(", ".join(list_policies()))
     assert "did you mean" not in str(err.value)
 
 
