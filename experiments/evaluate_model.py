@@ -109,6 +109,8 @@ def model_card_markdown(card: dict) -> str:
         f"`{card.get('corpus', {}).get('fingerprint', '')[:16]}`; evaluation corpus fingerprint "
         f"`{ev.get('corpus_fingerprint', '')[:16]}` (same module split: a module's split is a hash of its name)",
         f"- `load_model` time at evaluation: {ev.get('load_seconds')} s",
+        *([f"- Training command: `{tr['command']}`"] if tr.get("command") else []),
+        *[f"- Note: {n}" for n in card.get("notes", [])],
         "",
         "## Measured on the test split (`python -m experiments.evaluate_model`)",
         "",
