@@ -182,6 +182,11 @@ def lr_at(progress: float, step: int, tc: TrainConfig) -> float:
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * cos)
 
 
+def _set_train(model, mode: bool) -> None:
+    model.target.train(mode)
+    model.drafter.train(mode)
+
+
 def _snapshot(model) -> dict:
     return {"target": {k: v.detach().clone() for k, v in model.target.state_dict().items()},
             "drafter": {k: v.detach().clone() for k, v in model.drafter.state_dict().items() if k.startswith("layers.")}}
@@ -295,10 +300,10 @@ def train(cfg: TrainTinyConfig) -> dict:
             bar.set_postfix(loss=f"{main.item():.3f}", **({"ul": f"{ul.item():.3f}"} if tc.ul_prob > 0 else {}), **{f"d{j+1}": f"{m.item():.2f}" for j, m in enumerate(mtp)},
                             tok_s=f"{tps:,.0f}")
         if step % tc.eval_every == 0 or step == tc.max_steps:
-            model.target.eval(); model.drafter.eval()
+            _set_train(model, False)
             ev = {"step": step, "elapsed_s": time.perf_counter() - t0, "train_main": main.item(),
                   **evaluate(model, valid_t, tc, device, autocast)}
-            model.target.train(); model.drafter.train()
+            _set_train(model, True)
             history.append(ev)
             score = ev["valid_main"] + sum(ev[f"valid_d{j + 1}"] for j in range(tc.train_depths)) / tc.train_depths
             if score < best["score"] or not tc.select_best:
@@ -308,7 +313,7 @@ def train(cfg: TrainTinyConfig) -> dict:
             save_state(ckpt, model, opt, step, gen, time.perf_counter() - t0, history)
     bar.close()
     elapsed = time.perf_counter() - t0
-    model.target.eval(); model.drafter.eval()
+    _set_train(model, False)
     save_state(ckpt, model, opt, step, gen, elapsed, history)
     final = {"step": step, "elapsed_s": elapsed, **evaluate(model, valid_t, tc, device, autocast)}
     score = final["valid_main"] + sum(final[f"valid_d{j + 1}"] for j in range(tc.train_depths)) / tc.train_depths
