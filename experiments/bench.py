@@ -34,8 +34,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from specpolicy import generate, get_policy
-from specpolicy.models.loading import load_model_conf
 from specpolicy.data import load_corpus, sample_prompts
+from specpolicy.models.loading import load_model_conf
 
 LOSSLESS = [
     ("ar", {}), ("fixed", {"k": 2}), ("fixed", {"k": 3}), ("fixed", {"k": 4}), ("fixed", {"k": 5}), ("fixed", {"k": 6}),

@@ -60,7 +60,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, cache):
     step_at_kill = torch.load(ckpt, weights_only=False)["step"]
     assert 0 < step_at_kill < 80 and not (tmp_path / "cut/export/model.safetensors").exists()
     res = subprocess.run(_cmd(tmp_path / "cut", cache, *extra), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and f"resumed from" in res.stderr
+    assert res.returncode == 0 and "resumed from" in res.stderr
     a = load_file(tmp_path / "ref/export/model.safetensors")
     b = load_file(tmp_path / "cut/export/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
