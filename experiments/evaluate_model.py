@@ -89,6 +89,18 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     return report
 
 
+def _lineage_lines(init: dict | None) -> list[str]:
+    """The training stages before a fine-tune, oldest last (each card keeps the one it started from)."""
+    lines = []
+    while init:
+        tr = init.get("training", {})
+        lines.append(f"- Started from `{init.get('path')}` (weights sha256 `{str(init.get('weights_sha256'))[:16]}`), "
+                     f"itself trained {tr.get('tokens_seen')} tokens, {tr.get('wall_clock_s')} s on {tr.get('device')}"
+                     + (f": `{tr['command']}`" if tr.get("command") else ""))
+        init = tr.get("init_from")
+    return lines
+
+
 def model_card_markdown(card: dict) -> str:
     """A short human-readable model card from the JSON card."""
     ev = card.get("evaluation", {})
@@ -110,6 +122,7 @@ def model_card_markdown(card: dict) -> str:
         f"`{ev.get('corpus_fingerprint', '')[:16]}` (same module split: a module's split is a hash of its name)",
         f"- `load_model` time at evaluation: {ev.get('load_seconds')} s",
         *([f"- Training command: `{tr['command']}`"] if tr.get("command") else []),
+        *_lineage_lines(tr.get("init_from")),
         *[f"- Note: {n}" for n in card.get("notes", [])],
         "",
         "## Measured on the test split (`python -m experiments.evaluate_model`)",

@@ -8,6 +8,17 @@ Loss = CE(main) + mtp_lambda * mean_j CE(depth j), j = 1..train_depths. Depths p
 layer, so drafting deeper than K at inference is trained. Checkpoints (model, optimiser, step, RNG) are written every
 ``ckpt_every`` steps to ``out_dir/ckpt.pt`` (atomically); running the same command again resumes from there.
 At the end the weights are exported in fp16 (DeepSeek layout) with the tokenizer and a model card to ``export_dir``.
+
+Anti-looping fine-tune (sequence-level unlikelihood, ``specpolicy/models/unlikelihood.py``) of an exported model:
+
+    python -m experiments.train_tiny init_from=specpolicy/models/assets/tiny train.ul_prob=1 train.ul_anchor=1 \
+        train.ul_mtp=true train.ul_source=train_extra train.eval_loop_prompts=64 train.select_max_loop=0.25
+
+Each UL step continues real prefixes greedily and penalises repeated n-grams (``ul_ngram``; ``ul_span`` > 0 only the
+first tokens of each copy; ``ul_weight=entropy`` weighs each by the starting model's entropy there), holds the rest
+of the distribution to the starting model (``ul_anchor``: KL), and distils the new target into the MTP layers
+(``ul_mtp``). ``eval_loop_prompts`` adds the loop share of greedy runs from valid prompts to every evaluation, and the
+export is the best-loss checkpoint whose loop share is at most ``select_max_loop``. The card keeps the lineage.
 """
 
 from __future__ import annotations
@@ -30,11 +41,19 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from specpolicy.data import load_corpus
+from specpolicy.data.prompts import sample_prompts
 from specpolicy.data.tokenizer import as_transformers, train_tokenizer
 from specpolicy.data.tokens import encode_split
-from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model, save_checkpoint
+from specpolicy.metrics.model_quality import loop_share
+from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model, resolve_model_path, save_checkpoint
 from specpolicy.models.mtp import mtp_chain_logits
-from specpolicy.models.unlikelihood import greedy_continue, repeated_ngram_mask, unlikelihood_loss
+from specpolicy.models.unlikelihood import (
+    copy_start_mask,
+    greedy_continue,
+    repeated_ngram_mask,
+    unlikelihood_from_logits,
+)
+from specpolicy.runs.checks import UserError
 
 
 @dataclass
@@ -62,6 +81,16 @@ class TrainConfig:
     ul_prefix: int = 64
     ul_new_tokens: int = 96
     ul_ngram: int = 4
+    ul_weight: str = "none"  # "entropy": scale each penalised token by the starting model's entropy there (decisions)
+    ul_span: int = 0  # 0: penalise every token of a repeated n-gram (Welleck et al.); k > 0: the first k tokens of a copy
+    ul_alpha: float = 1.0  # weight of the unlikelihood term in a UL step
+    ul_mtp: bool = False  # UL steps also distil the current target into the MTP layers on the greedy continuation
+    ul_anchor: float = 0.0  # UL steps: weight of KL(start model || model) on the continuation outside repeated n-grams
+    ul_anchor_region: str = "all"  # "all": every position not penalised; "clean": only up to the first penalised token
+    ul_source: str = "train"  # prefixes for UL continuations: "train" or "train_extra" (the stdlib's test code)
+    eval_loop_prompts: int = 0  # > 0: each evaluation also measures the loop share of greedy runs from valid prompts
+    eval_loop_tokens: int = 128
+    select_max_loop: float = 1.0  # with the loop monitor: export the best-loss checkpoint whose loop share is <= this
     dropout: float = 0.0  # residual-branch and embedding dropout during training (hooks; the model is unchanged)
     train_depths: int = 4
     eval_every: int = 500
@@ -109,15 +138,16 @@ def prepare_data(cfg: TrainTinyConfig, tokenizer=None):
         tokenizer = as_transformers(train_tokenizer(texts, cfg.data.vocab_size))
         tokenizer.save_pretrained(str(tok_dir))
     streams = {}
-    for split in ("train", "valid") + (("train_extra",) if cfg.data.use_test_code else ()):
+    need_extra = cfg.data.use_test_code or cfg.train.ul_source == "train_extra"
+    for split in ("train", "valid") + (("train_extra",) if need_extra else ()):
         f = cache / f"{split}.npy"
         if not f.exists():
             arr = encode_split(corpus, tokenizer, split, cfg.data.max_files or None)
             np.save(f.with_suffix(".tmp.npy"), arr)
             os.replace(f.with_suffix(".tmp.npy"), f)
         streams[split] = np.load(f)
-    train = np.concatenate([streams["train"]] + ([streams["train_extra"]] if "train_extra" in streams else []))
-    return corpus, tokenizer, train, streams["valid"]
+    train = np.concatenate([streams["train"]] + ([streams["train_extra"]] if cfg.data.use_test_code else []))
+    return corpus, tokenizer, train, streams["valid"], streams.get("train_extra")
 
 
 def batch_at(stream: torch.Tensor, starts: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -162,17 +192,74 @@ def add_dropout(model, p: float) -> None:
     model.target.get_input_embeddings().register_forward_hook(hook)
 
 
-def ul_step_loss(model, train_t: torch.Tensor, tc: TrainConfig, gen: torch.Generator, autocast) -> torch.Tensor:
-    """Sequence-level unlikelihood: continue real prefixes greedily, penalise tokens of repeated n-grams."""
-    starts = torch.randint(0, len(train_t) - tc.ul_prefix - 1, (tc.ul_batch,), generator=gen)
-    prefix = batch_at(train_t, starts, tc.ul_prefix - 1)  # [B, ul_prefix]
+def ul_step_loss(model, stream: torch.Tensor, tc: TrainConfig, gen: torch.Generator, autocast, teacher=None):
+    """Sequence-level unlikelihood: continue real prefixes greedily, penalise the tokens of repeated n-grams.
+
+    Returns (UL loss, anchor, per-depth MTP losses), all on the same batch of continuations:
+    - anchor (with ``teacher``, the frozen starting model): KL(teacher || model) at every position whose next token
+      is not a repeat, so the model changes where it loops and as little as possible elsewhere;
+    - MTP (``ul_mtp``): cross-entropy of depth j against the current target's own distribution at the same token
+      (self-distillation: the drafter is judged on agreeing with the target, not with the text)."""
+    starts = torch.randint(0, len(stream) - tc.ul_prefix - 1, (tc.ul_batch,), generator=gen)
+    prefix = batch_at(stream, starts, tc.ul_prefix - 1)  # [B, ul_prefix]
     model.target.eval()
     with autocast():
         seqs = greedy_continue(model.target, prefix, tc.ul_new_tokens)
     model.target.train()
-    mask = repeated_ngram_mask(seqs.cpu(), tc.ul_ngram, start=tc.ul_prefix)
+    if tc.ul_span > 0:
+        mask = copy_start_mask(seqs.cpu(), tc.ul_ngram, start=tc.ul_prefix, span=tc.ul_span).to(seqs.device)
+    else:
+        mask = repeated_ngram_mask(seqs.cpu(), tc.ul_ngram, start=tc.ul_prefix).to(seqs.device)
+    zero = torch.zeros((), device=seqs.device)
     with autocast():
-        return unlikelihood_loss(model.target, seqs, mask)
+        x = seqs[:, :-1]
+        h0 = model.target.model(input_ids=x).last_hidden_state
+        logits = model.target.lm_head(h0).float()  # [B, T, V]; position i predicts seqs[:, i + 1]
+        t_logp = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_logp = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
+        weight = None
+        if tc.ul_weight == "entropy":  # forced tokens (newline, indentation, ' =') weigh ~0; real choices weigh most
+            with torch.no_grad():
+                ref = t_logp if t_logp is not None else F.log_softmax(logits.detach(), -1)
+                weight = -(ref.exp() * ref).sum(-1)  # [B, T]
+        ul = unlikelihood_from_logits(logits, seqs, mask, weight)
+        anchor = zero
+        if teacher is not None:
+            keep = ~mask[:, 1:]  # position i predicts token i + 1
+            if tc.ul_anchor_region == "clean":  # the real prefix and the continuation before it first loops
+                first = torch.where(mask.any(1), mask.float().argmax(1), torch.full_like(mask[:, 0], mask.shape[1], dtype=torch.long))
+                keep = torch.arange(1, mask.shape[1], device=mask.device)[None, :] < first[:, None]
+            kl = F.kl_div(F.log_softmax(logits, -1), t_logp, log_target=True, reduction="none").sum(-1)  # [B, T]
+            anchor = (kl * keep).sum() / keep.sum().clamp(min=1)
+        mtp = []
+        if tc.ul_mtp:
+            target_p = F.softmax(logits.detach(), -1)
+            for j, mlogits in enumerate(mtp_chain_logits(model.drafter, h0, x, tc.train_depths), start=1):
+                # depth-j entry i predicts token i+j+1, which the target predicts at position i+j
+                mtp.append(F.cross_entropy(mlogits.flatten(0, 1).float(), target_p[:, j:].flatten(0, 1)))
+    return ul, anchor, mtp
+
+
+@torch.no_grad()
+def loop_monitor(model, prompts: torch.Tensor, new_tokens: int, autocast) -> float:
+    """Share of greedy continuations of ``prompts`` [N, P] that loop (an 8-gram 3+ times), in batches of 32."""
+    gens = []
+    for chunk in prompts.split(32):
+        with autocast():
+            out = greedy_continue(model.target, chunk, new_tokens)
+        gens += out[:, chunk.shape[1]:].tolist()
+    return loop_share(gens)
+
+
+def selection_score(ev: dict, tc: TrainConfig) -> float:
+    """Lower is better: mean of main and MTP validation losses; with the loop monitor, checkpoints whose loop share
+    is above ``select_max_loop`` rank after every one that meets it (ordered by loop share among themselves)."""
+    loss = ev["valid_main"] + sum(ev[f"valid_d{j + 1}"] for j in range(tc.train_depths)) / tc.train_depths
+    if "valid_loop" in ev and ev["valid_loop"] > tc.select_max_loop:
+        return 1e6 + ev["valid_loop"]
+    return loss
 
 
 def lr_at(progress: float, step: int, tc: TrainConfig) -> float:
@@ -192,7 +279,8 @@ def _snapshot(model) -> dict:
             "drafter": {k: v.detach().clone() for k, v in model.drafter.state_dict().items() if k.startswith("layers.")}}
 
 
-def save_state(path: Path, model, opt, step: int, gen: torch.Generator, elapsed: float, history: list) -> None:
+def save_state(path: Path, model, opt, step: int, gen: torch.Generator, elapsed: float, history: list,
+               tokens: int = 0) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -203,6 +291,7 @@ def save_state(path: Path, model, opt, step: int, gen: torch.Generator, elapsed:
             "gen": gen.get_state(),
             "elapsed": elapsed,
             "history": history,
+            "tokens": tokens,
         },
         tmp,
     )
@@ -222,15 +311,36 @@ def evaluate(model, valid: torch.Tensor, tc: TrainConfig, device, autocast) -> d
     return {"valid_main": tot_main / tc.eval_batches, **{f"valid_d{j+1}": v / tc.eval_batches for j, v in enumerate(tot_mtp)}}
 
 
-def train(cfg: TrainTinyConfig) -> dict:
+def check_config(cfg: TrainTinyConfig) -> None:
+    """Settings a user can get wrong, refused before anything is written (one line, exit 2)."""
+    tc = cfg.train
+    if tc.ul_source not in ("train", "train_extra"):
+        raise UserError(f"train.ul_source must be 'train' or 'train_extra', got {tc.ul_source!r}")
+    if tc.ul_weight not in ("none", "entropy"):
+        raise UserError(f"train.ul_weight must be 'none' or 'entropy', got {tc.ul_weight!r}")
+    if tc.ul_anchor_region not in ("all", "clean"):
+        raise UserError(f"train.ul_anchor_region must be 'all' or 'clean', got {tc.ul_anchor_region!r}")
+    if not 0.0 <= tc.ul_prob <= 1.0:
+        raise UserError(f"train.ul_prob is a share of steps in [0, 1], got {tc.ul_prob}")
+    if tc.ul_anchor > 0 and not cfg.init_from:
+        raise UserError("train.ul_anchor > 0 needs init_from=<exported model> (the model the fine-tune is anchored to)")
+    if cfg.init_from:
+        try:
+            resolve_model_path(cfg.init_from)
+        except Exception as err:
+            raise UserError(f"init_from={cfg.init_from!r}: {err}") from None
+
+
+def train(cfg: TrainTinyConfig, command: str = "") -> dict:
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     tc = cfg.train
+    check_config(cfg)
     src = load_model(cfg.init_from, dtype=torch.float32) if cfg.init_from else None
-    corpus, tokenizer, train_np, valid_np = prepare_data(cfg, src.tokenizer if src else None)
+    corpus, tokenizer, train_np, valid_np, extra_np = prepare_data(cfg, src.tokenizer if src else None)
     tiny = TinyConfig(**{**dict(cfg.model), "vocab_size": len(tokenizer)})
     hf_cfg = tiny.to_hf(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = build_mtp_model(hf_cfg, tokenizer, name="tiny", seed=cfg.seed)
@@ -249,7 +359,7 @@ def train(cfg: TrainTinyConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "ckpt.pt"
-    step, elapsed0, history = 0, 0.0, []
+    step, elapsed0, history, tokens_seen = 0, 0.0, [], 0
     if cfg.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.target.load_state_dict(state["target"])
@@ -257,10 +367,20 @@ def train(cfg: TrainTinyConfig) -> dict:
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, elapsed0, history = state["step"], state["elapsed"], state["history"]
+        tokens_seen = state.get("tokens", step * tc.batch_size * tc.seq_len)
         print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
     train_t = torch.from_numpy(train_np.astype(np.int32)).to(device)
+    ul_t = torch.from_numpy(extra_np.astype(np.int32)).to(device) if tc.ul_source == "train_extra" else train_t
+    teacher = None
+    if tc.ul_anchor > 0:  # the starting weights, frozen
+        teacher = src.target.to(device).eval().requires_grad_(False)
     valid_t = torch.from_numpy(valid_np.astype(np.int32)).to(device)
     best = {"score": float("inf"), "step": 0, "state": None}  # export the best validation checkpoint, not the last
+    loop_prompts = None
+    if tc.eval_loop_prompts > 0:  # valid-split prompts, left-cut to a common length so they run as one batch
+        ps = sample_prompts(corpus, tokenizer, tc.eval_loop_prompts, 64, seed=cfg.seed, split="valid")
+        width = min(len(p.ids) for p in ps)
+        loop_prompts = torch.tensor([p.ids[len(p.ids) - width:] for p in ps], device=device)
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -271,7 +391,7 @@ def train(cfg: TrainTinyConfig) -> dict:
                mininterval=0.5 if sys.stderr.isatty() else 30)
     tokens_per_step = tc.batch_size * tc.seq_len
     last = time.perf_counter()
-    main, mtp, ul = torch.tensor(float("nan")), [], torch.tensor(float("nan"))
+    main, mtp, ul, anchor = torch.tensor(float("nan")), [], torch.tensor(float("nan")), torch.tensor(float("nan"))
     while step < tc.max_steps:
         elapsed = time.perf_counter() - t0
         progress = max(step / tc.max_steps, elapsed / max_s if max_s > 0 else 0.0)
@@ -280,13 +400,17 @@ def train(cfg: TrainTinyConfig) -> dict:
         for gparam in opt.param_groups:
             gparam["lr"] = lr_at(progress, step, tc)
         if tc.ul_prob > 0 and torch.rand((), generator=gen).item() < tc.ul_prob:
-            loss = ul = ul_step_loss(model, train_t, tc, gen, autocast)
+            ul, anchor, ul_mtp = ul_step_loss(model, ul_t, tc, gen, autocast, teacher)
+            loss = tc.ul_alpha * ul + tc.ul_anchor * anchor + (tc.mtp_lambda * torch.stack(ul_mtp).mean() if ul_mtp else 0.0)
+            mtp = ul_mtp
+            tokens_seen += tc.ul_batch * (tc.ul_prefix + tc.ul_new_tokens)
         else:
             starts = torch.randint(0, len(train_t) - tc.seq_len - 1, (tc.batch_size,), generator=gen)
             ids = batch_at(train_t, starts, tc.seq_len)
             with autocast():
                 main, mtp = losses(model, ids, tc.train_depths)
                 loss = main + tc.mtp_lambda * torch.stack(mtp).mean()
+            tokens_seen += tc.batch_size * tc.seq_len
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -297,30 +421,36 @@ def train(cfg: TrainTinyConfig) -> dict:
             now = time.perf_counter()
             tps = tokens_per_step * (10 if step > 1 else 1) / max(now - last, 1e-9)
             last = now
-            bar.set_postfix(loss=f"{main.item():.3f}", **({"ul": f"{ul.item():.3f}"} if tc.ul_prob > 0 else {}), **{f"d{j+1}": f"{m.item():.2f}" for j, m in enumerate(mtp)},
+            bar.set_postfix(loss=f"{main.item():.3f}", **({"ul": f"{ul.item():.3f}"} if tc.ul_prob > 0 else {}),
+                            **({"kl": f"{anchor.item():.4f}"} if tc.ul_anchor > 0 else {}), **{f"d{j+1}": f"{m.item():.2f}" for j, m in enumerate(mtp)},
                             tok_s=f"{tps:,.0f}")
         if step % tc.eval_every == 0 or step == tc.max_steps:
             _set_train(model, False)
             ev = {"step": step, "elapsed_s": time.perf_counter() - t0, "train_main": main.item(),
                   **evaluate(model, valid_t, tc, device, autocast)}
+            if loop_prompts is not None:
+                ev["valid_loop"] = loop_monitor(model, loop_prompts, tc.eval_loop_tokens, autocast)
             _set_train(model, True)
             history.append(ev)
-            score = ev["valid_main"] + sum(ev[f"valid_d{j + 1}"] for j in range(tc.train_depths)) / tc.train_depths
+            score = selection_score(ev, tc)
             if score < best["score"] or not tc.select_best:
                 best.update(score=score, step=step, state=_snapshot(model))
             bar.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()}))
         if step % tc.ckpt_every == 0:
-            save_state(ckpt, model, opt, step, gen, time.perf_counter() - t0, history)
+            save_state(ckpt, model, opt, step, gen, time.perf_counter() - t0, history, tokens_seen)
     bar.close()
     elapsed = time.perf_counter() - t0
     _set_train(model, False)
-    save_state(ckpt, model, opt, step, gen, elapsed, history)
+    save_state(ckpt, model, opt, step, gen, elapsed, history, tokens_seen)
     final = {"step": step, "elapsed_s": elapsed, **evaluate(model, valid_t, tc, device, autocast)}
-    score = final["valid_main"] + sum(final[f"valid_d{j + 1}"] for j in range(tc.train_depths)) / tc.train_depths
-    if best["state"] is not None and best["score"] < score:
+    if loop_prompts is not None:
+        final["valid_loop"] = loop_monitor(model, loop_prompts, tc.eval_loop_tokens, autocast)
+    if best["state"] is not None and best["score"] < selection_score(final, tc):
         model.target.load_state_dict(best["state"]["target"])
         model.drafter.load_state_dict(best["state"]["drafter"], strict=False)
         final = {"step": best["step"], "elapsed_s": elapsed, **evaluate(model, valid_t, tc, device, autocast)}
+        if loop_prompts is not None:
+            final["valid_loop"] = loop_monitor(model, loop_prompts, tc.eval_loop_tokens, autocast)
     history.append(final)
     card = {
         "name": "tiny",
@@ -329,11 +459,18 @@ def train(cfg: TrainTinyConfig) -> dict:
         "parameters": {"target": sum(p.numel() for p in model.target.parameters()),
                        "mtp": sum(p.numel() for n, p in model.drafter.named_parameters() if n.startswith("layers."))},
         "training": {"config": OmegaConf.to_container(OmegaConf.structured(cfg)) if not isinstance(cfg, dict) else cfg,
-                     "steps": step, "exported_step": final["step"], "tokens_seen": step * tokens_per_step, "wall_clock_s": round(elapsed, 1),
+                     "steps": step, "exported_step": final["step"], "tokens_seen": tokens_seen, "wall_clock_s": round(elapsed, 1),
                      "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
                      "threads": cfg.threads, "torch": torch.__version__, "final_valid": final},
         "corpus": {**corpus.summary(), "train_tokens": int(len(train_np)), "valid_tokens": int(len(valid_np))},
     }
+    if command:
+        card["training"]["command"] = command
+    if src is not None:  # fine-tuned: keep the lineage (what the starting weights were and how they were trained)
+        card["training"]["init_from"] = {"path": cfg.init_from, "training": src.card.get("training", {}),
+                                         "corpus": src.card.get("corpus", {}),
+                                         "weights_sha256": src.card.get("weights_sha256")}
+        card["notes"] = list(src.card.get("notes", []))
     out = save_checkpoint(model, cfg.export_dir, card=card)
     print(f"exported {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB): {json.dumps(final)}")
     return final
@@ -341,7 +478,14 @@ def train(cfg: TrainTinyConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train_tiny")
 def main(cfg) -> None:
-    train(OmegaConf.to_object(cfg))
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    try:
+        train(OmegaConf.to_object(cfg), command=f"python -m experiments.train_tiny {overrides}".strip())
+    except UserError as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

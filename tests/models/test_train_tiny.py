@@ -64,3 +64,34 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, cache):
     a = load_file(tmp_path / "ref/export/model.safetensors")
     b = load_file(tmp_path / "cut/export/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_antiloop_finetune_keeps_lineage_and_monitors_loops(tmp_path, cache):
+    """Fine-tune an exported model with unlikelihood steps, the KL anchor, MTP self-distillation and the loop monitor."""
+    base = subprocess.run(_cmd(tmp_path / "base", cache, "train.max_steps=20"), capture_output=True, text=True,
+                          timeout=300)
+    assert base.returncode == 0, base.stderr[-2000:]
+    ul = ("train.max_steps=6", "train.eval_every=3", "train.ul_prob=1.0", "train.ul_anchor=1.0", "train.ul_mtp=true",
+          "train.ul_source=train_extra", "train.ul_batch=2", "train.ul_prefix=16", "train.ul_new_tokens=24",
+          "train.ul_ngram=2", "train.eval_loop_prompts=4", "train.eval_loop_tokens=24", "train.select_max_loop=0.5")
+    r = subprocess.run(_cmd(tmp_path / "ft", cache, f"init_from={tmp_path}/base/export", *ul), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((tmp_path / "ft/export/model_card.json").read_text())
+    base_card = json.loads((tmp_path / "base/export/model_card.json").read_text())
+    lineage = card["training"]["init_from"]
+    assert lineage["weights_sha256"] == base_card["weights_sha256"]
+    assert lineage["training"]["steps"] == 20 and "train.ul_anchor=1.0" in card["training"]["command"]
+    hist = torch.load(tmp_path / "ft/ckpt.pt", weights_only=False)["history"]
+    assert [h["step"] for h in hist] == [3, 6] and card["training"]["exported_step"] in (3, 6)
+    assert all(0.0 <= h["valid_loop"] <= 1.0 for h in hist)
+    a = load_file(tmp_path / "base/export/model.safetensors")
+    b = load_file(tmp_path / "ft/export/model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the fine-tune moved the weights
+
+
+def test_anchor_without_init_from_is_refused(tmp_path, cache):
+    r = subprocess.run(_cmd(tmp_path / "x", cache, "train.ul_anchor=1.0", "train.ul_prob=0.5"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "init_from" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x/export").exists()
