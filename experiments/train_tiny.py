@@ -36,7 +36,6 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
@@ -44,15 +43,8 @@ from specpolicy.data import load_corpus
 from specpolicy.data.prompts import sample_prompts
 from specpolicy.data.tokenizer import as_transformers, train_tokenizer
 from specpolicy.data.tokens import encode_split
-from specpolicy.metrics.model_quality import loop_share
 from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model, resolve_model_path, save_checkpoint
-from specpolicy.models.mtp import mtp_chain_logits
-from specpolicy.models.unlikelihood import (
-    copy_start_mask,
-    greedy_continue,
-    repeated_ngram_mask,
-    unlikelihood_from_logits,
-)
+from specpolicy.models.training import add_dropout, batch_at, loop_monitor, mtp_losses, ul_step_loss
 from specpolicy.runs.checks import UserError
 
 
@@ -86,6 +78,7 @@ class TrainConfig:
     ul_alpha: float = 1.0  # weight of the unlikelihood term in a UL step
     ul_mtp: bool = False  # UL steps also distil the current target into the MTP layers on the greedy continuation
     ul_anchor: float = 0.0  # UL steps: weight of KL(start model || model) on the continuation outside repeated n-grams
+    ul_anchor_real: float = 0.0  # UL steps: weight of KL(start model || model) on a batch of real text from ul_source
     ul_anchor_region: str = "all"  # "all": every position not penalised; "clean": only up to the first penalised token
     ul_source: str = "train"  # prefixes for UL continuations: "train" or "train_extra" (the stdlib's test code)
     eval_loop_prompts: int = 0  # > 0: each evaluation also measures the loop share of greedy runs from valid prompts
@@ -150,109 +143,6 @@ def prepare_data(cfg: TrainTinyConfig, tokenizer=None):
     return corpus, tokenizer, train, streams["valid"], streams.get("train_extra")
 
 
-def batch_at(stream: torch.Tensor, starts: torch.Tensor, seq_len: int) -> torch.Tensor:
-    starts = starts.to(stream.device)
-    idx = starts[:, None] + torch.arange(seq_len + 1, device=stream.device)[None, :]  # [B, T+1]
-    return stream[idx].long()
-
-
-def losses(model, ids: torch.Tensor, depths: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Main CE and per-depth MTP CE on a batch ids [B, T+1] (inputs ids[:, :T], labels shifted)."""
-    x = ids[:, :-1]
-    out = model.target.model(input_ids=x)
-    h0 = out.last_hidden_state  # [B, T, H]
-    main = F.cross_entropy(model.target.lm_head(h0).flatten(0, 1).float(), ids[:, 1:].flatten())
-    mtp = []
-    for j, logits in enumerate(mtp_chain_logits(model.drafter, h0, x, depths), start=1):
-        # logits[:, i] predicts t_{i+j+1}; inside the window that label is ids[:, i+j+1] for i < T-j
-        labels = ids[:, j + 1 :]  # [B, T-j]
-        mtp.append(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()))
-    return main, mtp
-
-
-def add_dropout(model, p: float) -> None:
-    """Dropout on every attention/MLP branch output and on the embeddings, active only in train mode.
-
-    Llama has no residual dropout; on ~9M tokens of stdlib the model overfits within three epochs without it.
-    Forward hooks keep the architecture (and the exported checkpoint) exactly transformers' own."""
-    if p <= 0:
-        return
-
-    def hook(module, args, out):
-        if not module.training:
-            return out
-        if isinstance(out, tuple):
-            return (F.dropout(out[0], p, True),) + tuple(out[1:])
-        return F.dropout(out, p, True)
-
-    blocks = list(model.target.get_decoder().layers) + [layer.mtp_block for layer in model.drafter.layers]
-    for block in blocks:
-        block.self_attn.register_forward_hook(hook)
-        block.mlp.register_forward_hook(hook)
-    model.target.get_input_embeddings().register_forward_hook(hook)
-
-
-def ul_step_loss(model, stream: torch.Tensor, tc: TrainConfig, gen: torch.Generator, autocast, teacher=None):
-    """Sequence-level unlikelihood: continue real prefixes greedily, penalise the tokens of repeated n-grams.
-
-    Returns (UL loss, anchor, per-depth MTP losses), all on the same batch of continuations:
-    - anchor (with ``teacher``, the frozen starting model): KL(teacher || model) at every position whose next token
-      is not a repeat, so the model changes where it loops and as little as possible elsewhere;
-    - MTP (``ul_mtp``): cross-entropy of depth j against the current target's own distribution at the same token
-      (self-distillation: the drafter is judged on agreeing with the target, not with the text)."""
-    starts = torch.randint(0, len(stream) - tc.ul_prefix - 1, (tc.ul_batch,), generator=gen)
-    prefix = batch_at(stream, starts, tc.ul_prefix - 1)  # [B, ul_prefix]
-    model.target.eval()
-    with autocast():
-        seqs = greedy_continue(model.target, prefix, tc.ul_new_tokens)
-    model.target.train()
-    if tc.ul_span > 0:
-        mask = copy_start_mask(seqs.cpu(), tc.ul_ngram, start=tc.ul_prefix, span=tc.ul_span).to(seqs.device)
-    else:
-        mask = repeated_ngram_mask(seqs.cpu(), tc.ul_ngram, start=tc.ul_prefix).to(seqs.device)
-    zero = torch.zeros((), device=seqs.device)
-    with autocast():
-        x = seqs[:, :-1]
-        h0 = model.target.model(input_ids=x).last_hidden_state
-        logits = model.target.lm_head(h0).float()  # [B, T, V]; position i predicts seqs[:, i + 1]
-        t_logp = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_logp = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
-        weight = None
-        if tc.ul_weight == "entropy":  # forced tokens (newline, indentation, ' =') weigh ~0; real choices weigh most
-            with torch.no_grad():
-                ref = t_logp if t_logp is not None else F.log_softmax(logits.detach(), -1)
-                weight = -(ref.exp() * ref).sum(-1)  # [B, T]
-        ul = unlikelihood_from_logits(logits, seqs, mask, weight)
-        anchor = zero
-        if teacher is not None:
-            keep = ~mask[:, 1:]  # position i predicts token i + 1
-            if tc.ul_anchor_region == "clean":  # the real prefix and the continuation before it first loops
-                first = torch.where(mask.any(1), mask.float().argmax(1), torch.full_like(mask[:, 0], mask.shape[1], dtype=torch.long))
-                keep = torch.arange(1, mask.shape[1], device=mask.device)[None, :] < first[:, None]
-            kl = F.kl_div(F.log_softmax(logits, -1), t_logp, log_target=True, reduction="none").sum(-1)  # [B, T]
-            anchor = (kl * keep).sum() / keep.sum().clamp(min=1)
-        mtp = []
-        if tc.ul_mtp:
-            target_p = F.softmax(logits.detach(), -1)
-            for j, mlogits in enumerate(mtp_chain_logits(model.drafter, h0, x, tc.train_depths), start=1):
-                # depth-j entry i predicts token i+j+1, which the target predicts at position i+j
-                mtp.append(F.cross_entropy(mlogits.flatten(0, 1).float(), target_p[:, j:].flatten(0, 1)))
-    return ul, anchor, mtp
-
-
-@torch.no_grad()
-def loop_monitor(model, prompts: torch.Tensor, new_tokens: int, autocast) -> float:
-    """Share of greedy continuations of ``prompts`` [N, P] that loop (an 8-gram 3+ times), in batches of 32."""
-    gens = []
-    for chunk in prompts.split(32):
-        with autocast():
-            out = greedy_continue(model.target, chunk, new_tokens)
-        gens += out[:, chunk.shape[1]:].tolist()
-    return loop_share(gens)
-
-
 def selection_score(ev: dict, tc: TrainConfig) -> float:
     """Lower is better: mean of main and MTP validation losses; with the loop monitor, checkpoints whose loop share
     is above ``select_max_loop`` rank after every one that meets it (ordered by loop share among themselves)."""
@@ -305,7 +195,7 @@ def evaluate(model, valid: torch.Tensor, tc: TrainConfig, device, autocast) -> d
     tot_main, tot_mtp = 0.0, np.zeros(tc.train_depths)
     for b in range(tc.eval_batches):
         with autocast():
-            main, mtp = losses(model, batch_at(valid, starts[b], tc.seq_len).to(device), tc.train_depths)
+            main, mtp = mtp_losses(model, batch_at(valid, starts[b], tc.seq_len).to(device), tc.train_depths)
         tot_main += main.item()
         tot_mtp += np.array([m.item() for m in mtp])
     return {"valid_main": tot_main / tc.eval_batches, **{f"valid_d{j+1}": v / tc.eval_batches for j, v in enumerate(tot_mtp)}}
@@ -322,8 +212,8 @@ def check_config(cfg: TrainTinyConfig) -> None:
         raise UserError(f"train.ul_anchor_region must be 'all' or 'clean', got {tc.ul_anchor_region!r}")
     if not 0.0 <= tc.ul_prob <= 1.0:
         raise UserError(f"train.ul_prob is a share of steps in [0, 1], got {tc.ul_prob}")
-    if tc.ul_anchor > 0 and not cfg.init_from:
-        raise UserError("train.ul_anchor > 0 needs init_from=<exported model> (the model the fine-tune is anchored to)")
+    if (tc.ul_anchor > 0 or tc.ul_anchor_real > 0) and not cfg.init_from:
+        raise UserError("train.ul_anchor / train.ul_anchor_real > 0 need init_from=<exported model> (the model the fine-tune is anchored to)")
     if cfg.init_from:
         try:
             resolve_model_path(cfg.init_from)
@@ -372,7 +262,7 @@ def train(cfg: TrainTinyConfig, command: str = "") -> dict:
     train_t = torch.from_numpy(train_np.astype(np.int32)).to(device)
     ul_t = torch.from_numpy(extra_np.astype(np.int32)).to(device) if tc.ul_source == "train_extra" else train_t
     teacher = None
-    if tc.ul_anchor > 0:  # the starting weights, frozen
+    if tc.ul_anchor > 0 or tc.ul_anchor_real > 0:  # the starting weights, frozen
         teacher = src.target.to(device).eval().requires_grad_(False)
     valid_t = torch.from_numpy(valid_np.astype(np.int32)).to(device)
     best = {"score": float("inf"), "step": 0, "state": None}  # export the best validation checkpoint, not the last
@@ -401,14 +291,14 @@ def train(cfg: TrainTinyConfig, command: str = "") -> dict:
             gparam["lr"] = lr_at(progress, step, tc)
         if tc.ul_prob > 0 and torch.rand((), generator=gen).item() < tc.ul_prob:
             ul, anchor, ul_mtp = ul_step_loss(model, ul_t, tc, gen, autocast, teacher)
-            loss = tc.ul_alpha * ul + tc.ul_anchor * anchor + (tc.mtp_lambda * torch.stack(ul_mtp).mean() if ul_mtp else 0.0)
+            loss = tc.ul_alpha * ul + anchor + (tc.mtp_lambda * torch.stack(ul_mtp).mean() if ul_mtp else 0.0)
             mtp = ul_mtp
             tokens_seen += tc.ul_batch * (tc.ul_prefix + tc.ul_new_tokens)
         else:
             starts = torch.randint(0, len(train_t) - tc.seq_len - 1, (tc.batch_size,), generator=gen)
             ids = batch_at(train_t, starts, tc.seq_len)
             with autocast():
-                main, mtp = losses(model, ids, tc.train_depths)
+                main, mtp = mtp_losses(model, ids, tc.train_depths)
                 loss = main + tc.mtp_lambda * torch.stack(mtp).mean()
             tokens_seen += tc.batch_size * tc.seq_len
         opt.zero_grad(set_to_none=True)
@@ -422,7 +312,7 @@ def train(cfg: TrainTinyConfig, command: str = "") -> dict:
             tps = tokens_per_step * (10 if step > 1 else 1) / max(now - last, 1e-9)
             last = now
             bar.set_postfix(loss=f"{main.item():.3f}", **({"ul": f"{ul.item():.3f}"} if tc.ul_prob > 0 else {}),
-                            **({"kl": f"{anchor.item():.4f}"} if tc.ul_anchor > 0 else {}), **{f"d{j+1}": f"{m.item():.2f}" for j, m in enumerate(mtp)},
+                            **({"kl": f"{anchor.item():.4f}"} if tc.ul_anchor > 0 or tc.ul_anchor_real > 0 else {}), **{f"d{j+1}": f"{m.item():.2f}" for j, m in enumerate(mtp)},
                             tok_s=f"{tps:,.0f}")
         if step % tc.eval_every == 0 or step == tc.max_steps:
             _set_train(model, False)
