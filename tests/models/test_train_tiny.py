@@ -72,6 +72,7 @@ def test_antiloop_finetune_keeps_lineage_and_monitors_loops(tmp_path, cache):
                           timeout=300)
     assert base.returncode == 0, base.stderr[-2000:]
     ul = ("train.max_steps=6", "train.eval_every=3", "train.ul_prob=1.0", "train.ul_anchor=1.0", "train.ul_mtp=true",
+          "train.ul_anchor_real=2.0", "train.ul_weight=entropy",
           "train.ul_source=train_extra", "train.ul_batch=2", "train.ul_prefix=16", "train.ul_new_tokens=24",
           "train.ul_ngram=2", "train.eval_loop_prompts=4", "train.eval_loop_tokens=24", "train.select_max_loop=0.5")
     r = subprocess.run(_cmd(tmp_path / "ft", cache, f"init_from={tmp_path}/base/export", *ul), capture_output=True,
