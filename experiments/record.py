@@ -216,6 +216,16 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def preflight(config_name: str, groups: tuple[str, ...], validate) -> None:
+    """Compose the command line and ``validate`` it before Hydra starts: bad input -> one line, exit 2, nothing written."""
+    try:
+        cfg = compose(config_name, sys.argv[1:], groups)
+        if cfg is not None:
+            validate(cfg)
+    except UserError as err:
+        fail(str(err))
+
+
 def _check_choice(group: str, value: str) -> None:
     if group == "policy":
         from specpolicy.policies import UnknownPolicyError, policy_class
@@ -319,12 +329,7 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    try:
-        cfg = compose("record", sys.argv[1:], ("model", "data"))
-        if cfg is not None:
-            validate(cfg)
-    except UserError as err:
-        fail(str(err))
+    preflight("record", ("model", "data"), validate)
     app()
 
 

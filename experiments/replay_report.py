@@ -18,7 +18,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: OpenMP busy-waiting makes CPU timings 10x noisier
 
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,7 +26,7 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.record import UserError, compose, fail  # noqa: E402
+from experiments.record import UserError, fail, preflight  # noqa: E402
 from experiments.run import ModelConf  # noqa: E402
 from specpolicy.policies import Policy, PolicyParamError, UnknownPolicyError, get_policy, list_policies  # noqa: E402
 from specpolicy.replay import (  # noqa: E402
@@ -268,16 +267,15 @@ def app(cfg: DictConfig) -> None:
         fail(str(err))
 
 
+def _validate(cfg) -> None:
+    if not cfg.trace:
+        raise UserError("trace is missing; allowed: trace=<file from python -m experiments.record>")
+    for spec in cfg.policies:
+        parse_spec(spec)
+
+
 def main() -> None:
-    try:
-        cfg = compose("replay_report", sys.argv[1:], ("model",))
-        if cfg is not None:
-            if not cfg.trace:
-                raise UserError("trace is missing; allowed: trace=<file from python -m experiments.record>")
-            for spec in cfg.policies:
-                parse_spec(spec)
-    except UserError as err:
-        fail(str(err))
+    preflight("replay_report", ("model",), _validate)
     app()
 
 

@@ -32,7 +32,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: OpenMP busy
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -43,7 +42,7 @@ import optuna  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: E402
 
-from experiments.record import TraceConf, UserError, compose, fail, record_from_config  # noqa: E402
+from experiments.record import TraceConf, UserError, fail, preflight, record_from_config  # noqa: E402
 from experiments.record import validate as validate_record  # noqa: E402
 from experiments.replay_report import bench_replay, remeasure_table, remeasure_trials  # noqa: E402
 from experiments.run import DataConf, ModelConf  # noqa: E402  (also registers the policy schemas)
@@ -456,12 +455,7 @@ def app(cfg: DictConfig) -> dict:
 
 def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        cfg = compose("tune", sys.argv[1:], ("policy", "model", "data", "study"))
-        if cfg is not None:
-            validate(cfg)
-    except UserError as err:
-        fail(str(err))
+    preflight("tune", ("policy", "model", "data", "study"), validate)
     app()
 
 
