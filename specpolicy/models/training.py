@@ -88,8 +88,8 @@ def ul_step_loss(model, stream: torch.Tensor, tc, gen: torch.Generator, autocast
         x = seqs[:, :-1]
         h0 = model.target.model(input_ids=x).last_hidden_state
         logits = model.target.lm_head(h0).float()  # [B, T, V]; position i predicts seqs[:, i + 1]
-        t_logp = None
-        if teacher is not None:
+        t_logp = None  # the starting model on the continuation: for the anchor there, or as the entropy reference
+        if teacher is not None and (tc.ul_anchor > 0 or tc.ul_weight == "entropy"):
             with torch.no_grad():
                 t_logp = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
         weight = None
@@ -100,12 +100,14 @@ def ul_step_loss(model, stream: torch.Tensor, tc, gen: torch.Generator, autocast
         ul = unlikelihood_from_logits(logits, seqs, mask, weight)
         anchor = zero
         if teacher is not None:
-            keep = ~mask[:, 1:]  # position i predicts token i + 1
-            if tc.ul_anchor_region == "clean":  # the real prefix and the continuation before it first loops
-                first = torch.where(mask.any(1), mask.float().argmax(1), torch.full_like(mask[:, 0], mask.shape[1], dtype=torch.long))
-                keep = torch.arange(1, mask.shape[1], device=mask.device)[None, :] < first[:, None]
-            kl = F.kl_div(F.log_softmax(logits, -1), t_logp, log_target=True, reduction="none").sum(-1)  # [B, T]
-            anchor = tc.ul_anchor * (kl * keep).sum() / keep.sum().clamp(min=1)
+            if tc.ul_anchor > 0:
+                keep = ~mask[:, 1:]  # position i predicts token i + 1
+                if tc.ul_anchor_region == "clean":  # the real prefix and the continuation before it first loops
+                    T = mask.shape[1]
+                    first = torch.where(mask.any(1), mask.float().argmax(1), torch.full_like(mask[:, 0], T, dtype=torch.long))
+                    keep = torch.arange(1, T, device=mask.device)[None, :] < first[:, None]
+                kl = F.kl_div(F.log_softmax(logits, -1), t_logp, log_target=True, reduction="none").sum(-1)  # [B, T]
+                anchor = tc.ul_anchor * (kl * keep).sum() / keep.sum().clamp(min=1)
             if tc.ul_anchor_real > 0:  # real (unseen) text: keep the model's predictions where there is no loop
                 starts = torch.randint(0, len(stream) - tc.seq_len - 1, (tc.batch_size,), generator=gen)
                 real = batch_at(stream, starts, tc.seq_len)[:, :-1]
