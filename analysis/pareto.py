@@ -14,36 +14,21 @@ Example:
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-__all__ = ["pareto_mask", "plot_pareto"]
+from specpolicy.metrics.pareto import pareto_mask
+
+__all__ = ["plot_pareto"]
 
 SPEED_LABEL = {"speedup": "modelled speedup vs ar", "tpf": "tokens per target forward (TPF)"}
-
-
-def pareto_mask(speed: Sequence[float], error: Sequence[float]) -> np.ndarray:
-    """True for the points no other point dominates (speed at least as high AND error at least as low, one strictly).
-
-    Example:
-        >>> pareto_mask([1.0, 2.0, 1.5, 2.0], [0.0, 0.1, 0.2, 0.05]).tolist()
-        [True, False, False, True]
-    """
-    s, e = np.asarray(speed, float), np.asarray(error, float)
-    if s.size == 0:
-        return np.zeros(0, bool)
-    ge = (s[None, :] >= s[:, None]) & (e[None, :] <= e[:, None])  # [i, j]: j at least as good as i on both
-    gt = (s[None, :] > s[:, None]) | (e[None, :] < e[:, None])
-    return ~(ge & gt).any(axis=1)
 
 
 def _trial_frame(trials: pd.DataFrame) -> pd.DataFrame:

@@ -20,12 +20,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from specpolicy.calibration import ece, load_calibrator, reliability_table  # noqa: E402
+from specpolicy.calibration import ece, load_calibrator, reliability_table
 
 __all__ = ["plot_reliability", "reliability_frame", "run_scores", "write_reliability_figures"]
 

@@ -33,35 +33,28 @@ on stderr and exit code 2.
 
 from __future__ import annotations
 
-import os
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: busy-waiting OpenMP threads stall CPUs
+import hydra
+import numpy as np
+import pandas as pd
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
-import json  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from hydra.core.config_store import ConfigStore  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from specpolicy.calibration import (  # noqa: E402
+from experiments.common import CONF_DIR, UserError, preflight, run_task
+from specpolicy.calibration import (
     CALIBRATORS,
     SHIPPED_DIR,
     CalibrationDataError,
     Calibrator,
-    calibration_report,
-    choose_tau_trust,
+    evaluate_calibrators,
     get_calibrator,
     rows_from_run,
-    split_by_prompt,
 )
 
 
@@ -93,10 +86,6 @@ class CalibrateConfig:
 
 ConfigStore.instance().store(name="calibrate_schema", node=CalibrateConfig)
 SPLITS = ("test", "valid")
-
-
-class UserError(ValueError):
-    """Input a user can fix; ``str(err)`` is the one line to show."""
 
 
 def check(cfg: CalibrateConfig) -> None:
@@ -187,51 +176,6 @@ def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict]:
     return rows, info
 
 
-def fit_calibrators(cal: pd.DataFrame, names: list[str], label_col: str, min_rows: int) -> dict[str, Calibrator]:
-    """identity (the raw baseline) plus each named calibrator, fitted per depth on the calibration rows."""
-    out = {}
-    for name in ["identity", *[n for n in names if n != "identity"]]:
-        out[name] = get_calibrator(name, min_rows=min_rows).fit(cal["confidence"], cal[label_col], cal["depth"])
-    return out
-
-
-def out_of_fold_scores(cal: pd.DataFrame, name: str, label_col: str = "label", min_rows: int = 20,
-                       seed: int = 0) -> np.ndarray:
-    """(n,) scores of the calibration rows from calibrators that never saw them: 2 folds by prompt, each scored by
-    the map fitted on the other. Certifying on in-sample scores is optimistic for flexible maps (isotonic: the error
-    among trusted test drafts exceeded alpha in ~19% of prompt splits at delta = 10%; out of fold: ~6%)."""
-    if name == "identity":
-        return cal["confidence"].to_numpy(float)
-    a, b = split_by_prompt(cal, frac=0.5, seed=seed)
-    out = pd.Series(np.nan, index=cal.index)
-    for fit, score in ((a, b), (b, a)):
-        c = get_calibrator(name, min_rows=min_rows).fit(fit["confidence"], fit[label_col], fit["depth"])
-        out[score.index] = c.predict(score["confidence"], score["depth"].to_numpy(int))
-    return out.to_numpy()
-
-
-def certify(cal: pd.DataFrame, name: str, alpha: float, delta: float, label_col: str = "label", min_rows: int = 20,
-            seed: int = 0, future_groups: int | None = None):
-    """The trust threshold for calibrator ``name``: Learn-then-Test on out-of-fold scores of the calibration rows
-    (all depths pooled, as a ``threshold`` policy compares one tau_trust with every depth), prompt-level p-values."""
-    score = out_of_fold_scores(cal, name, label_col, min_rows, seed)
-    return choose_tau_trust(score, cal["label"], alpha=alpha, delta=delta, groups=cal["prompt_id"].to_numpy(),
-                            future_groups=future_groups)
-
-
-def trust_check(t, ev: pd.DataFrame, ev_score) -> dict:
-    """The certified threshold ``t`` with its realised error and share trusted on the evaluation rows."""
-    trusted = t.trusted(ev_score)  # (n_eval,)
-    n = int(trusted.sum())
-    return {**t.to_dict(), "eval_n": len(ev), "eval_n_trusted": n, "eval_trusted_share": n / len(ev),
-            "eval_error": float(1 - ev["label"].to_numpy()[trusted].mean()) if n else None}
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in json.loads(df.to_json(orient="records"))]
-
-
 def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
     """The whole pipeline; writes the run directory's files and returns the report."""
     check(cfg)
@@ -241,33 +185,22 @@ def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
     if rows.empty or rows["prompt_id"].nunique() < 2:
         raise UserError(f"source={cfg.source} holds {len(rows)} judged drafts from {rows['prompt_id'].nunique()} "
                         "prompts; allowed: drafts from >= 2 prompts (a policy that drafts: not ar)")
-    cal, ev = split_by_prompt(rows, frac=cfg.cal_frac, seed=cfg.split_seed)
-    rows = rows.assign(split=np.where(rows.index.isin(cal.index), "calibration", "evaluation"))
-    rows.to_parquet(run_dir / "rows.parquet", index=False)
     try:
-        cals = fit_calibrators(cal, list(cfg.calibrators), label_col, cfg.min_rows)
+        out = evaluate_calibrators(rows, cfg.calibrators, cfg.alpha, cfg.delta, label_col, cfg.cal_frac,
+                                   cfg.split_seed, cfg.min_rows, cfg.n_boot, cfg.n_bins)
     except ValueError as err:
         raise UserError(f"calibration split: {err}") from None
+    rows = rows.assign(split=np.where(rows.index.isin(out.cal.index), "calibration", "evaluation"))
+    rows.to_parquet(run_dir / "rows.parquet", index=False)
     (run_dir / "calibrators").mkdir(exist_ok=True)
-    ece_eval, reports, trust = {}, {}, {}
-    for name, c in cals.items():
-        method = "raw" if name == "identity" else name
-        ev_score = c.predict(ev["confidence"], ev["depth"].to_numpy(int))
-        rep = calibration_report(ev.assign(score=ev_score), n_boot=cfg.n_boot, conf_col="score", label_col=label_col,
-                                 n_bins=cfg.n_bins)
-        reports[method] = _records(rep)
-        ece_eval[method] = dict(zip(rep["group"], rep["ece_uniform"].round(4)))
-        t = certify(cal, name, cfg.alpha, cfg.delta, label_col, cfg.min_rows, cfg.split_seed)
-        trust[method] = trust_check(t, ev, ev_score)
-    split_info = {s: {"prompts": int(d["prompt_id"].nunique()), "rows": len(d)}
-                  for s, d in (("calibration", cal), ("evaluation", ev))}
-    for name, c in cals.items():
+    split_info = out.split_info
+    for name, c in out.calibrators.items():
         _save(c, run_dir / "calibrators" / f"{name}.json", {**source_info, "split": split_info,
-              "fitted_on": "calibration", "label": label_col, "eval_ece_uniform": ece_eval["raw" if name == "identity"
-                                                                                               else name]})
+              "fitted_on": "calibration", "label": label_col, "eval_ece_uniform": out.ece["raw" if name == "identity"
+                                                                                             else name]})
     report = {
         "rows": len(rows), "prompts": int(rows["prompt_id"].nunique()), "source": source_info, "split": split_info,
-        "label": label_col, "ece_eval": ece_eval, "calibration_report": reports, "trust": trust,
+        "label": label_col, "ece_eval": out.ece, "calibration_report": out.reports, "trust": out.trust,
         "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
     }
     if cfg.figures:
@@ -277,7 +210,7 @@ def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
     if cfg.install:
         SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
         report["installed"] = [str(shutil.copy2(run_dir / "calibrators" / f"{n}.json", SHIPPED_DIR / f"{n}.json"))
-                               for n in cals]
+                               for n in out.calibrators]
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
@@ -315,28 +248,23 @@ def _fmt(v, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def fail(err: Exception) -> None:
-    print("error: " + " ".join(str(err).split()), file=sys.stderr)
-    sys.exit(2)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="calibrate")
-def main(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from specpolicy.runs.checks import remove_if_empty
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    try:
-        report = calibrate(OmegaConf.to_object(cfg), run_dir)
-    except UserError as err:
-        remove_if_empty(run_dir, log_name=f"{hc.job.name}.log")
-        fail(err)
+def execute(cfg: DictConfig, run_dir: Path) -> dict:
+    report = calibrate(OmegaConf.to_object(cfg), run_dir)
     print(console_table(report))
     for path in report.get("installed", []):
         print(f"installed: {path}")
     print(f"results: {run_dir}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="calibrate")
+def app(cfg: DictConfig) -> dict:
+    return run_task(cfg, execute)
+
+
+def main() -> None:
+    preflight("calibrate", lambda cfg: check(OmegaConf.to_object(cfg)))
+    app()
 
 
 if __name__ == "__main__":

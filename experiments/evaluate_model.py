@@ -21,20 +21,22 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from experiments.common import CONF_DIR, ModelConf, UserError, preflight, run_task
 from specpolicy.data import load_corpus, sample_prompts
 from specpolicy.data.tokens import encode_split
-from specpolicy.metrics.model_quality import draft_agreement, loop_share, next_token_accuracy
-from specpolicy.models.loading import load_model_conf, resolve_model_path
+from specpolicy.models.loading import resolve_model_path
+from specpolicy.models.quality import draft_agreement, loop_share, next_token_accuracy
+from specpolicy.runs import checks
 
 BAR = {"top1": 0.40, "depth1_agreement": 0.65, "depth3_agreement": 0.40, "depth1_auroc": 0.75, "loop_share": 0.30}
 
 
 @dataclass
 class EvaluateConfig:
-    model: dict = field(default_factory=lambda: {"path": "tiny", "device": "cpu", "dtype": None})  # group model/
+    model: ModelConf = field(default_factory=ModelConf)  # group model/
     n_windows: int = 64  # real-text windows for top-1 accuracy
     window_tokens: int = 512
     n_prompts: int = 64  # greedy generations for agreement and looping
@@ -53,7 +55,7 @@ ConfigStore.instance().store(name="evaluate_model_schema", node=EvaluateConfig)
 def evaluate(cfg: EvaluateConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    model = load_model_conf(cfg.model)
+    model = checks.load(cfg.model)
     load_s = time.perf_counter() - t0
     corpus = load_corpus()
     stream = encode_split(corpus, model.tokenizer, "test")
@@ -68,7 +70,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         gens.append(out[0, len(p.ids):].tolist())
     agree = draft_agreement(model, seqs, [len(p.ids) for p in prompts], cfg.depths)
     report = {
-        "model": cfg.model["path"],
+        "model": cfg.model.path,
         "corpus_fingerprint": corpus.fingerprint(),
         "test_tokens": int(len(stream)),
         "next_token": acc,
@@ -153,13 +155,18 @@ def write_card(model_name: str, report: dict) -> Path:
     return card_path
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate_model")
-def main(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
+def validate(cfg) -> None:
+    for key in ("n_windows", "window_tokens", "n_prompts", "prompt_tokens", "new_tokens", "depths", "threads"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key}={getattr(cfg, key)} is invalid; allowed: an integer >= 1")
+    checks.check_model(cfg.model)
 
+
+def execute(cfg: DictConfig, run_dir: Path) -> dict:
     c: EvaluateConfig = OmegaConf.to_object(cfg)
+    validate(c)
     report = evaluate(c)
-    out = Path(HydraConfig.get().runtime.output_dir) / "report.json"
+    out = run_dir / "report.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     for k, (v, bar, ok) in report["bar"].items():
         print(f"{k:>18}: {v:.3f}  (bar {bar}) {'ok' if ok else 'NOT MET'}")
@@ -167,8 +174,19 @@ def main(cfg) -> None:
         print(f"  depth {j}: agreement {d['agreement']:.3f}  cond {d['conditional_acceptance']:.3f}  "
               f"chain {d['chain_acceptance']:.3f}  auroc {d['auroc']:.3f}")
     if c.write_card:
-        print(f"card updated: {write_card(c.model['path'], report)}")
+        print(f"card updated: {write_card(c.model.path, report)}")
     print(f"report: {out}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate_model")
+def app(cfg: DictConfig) -> dict:
+    return run_task(cfg, execute)
+
+
+def main() -> None:
+    preflight("evaluate_model", validate, ("model",))
+    app()
 
 
 if __name__ == "__main__":

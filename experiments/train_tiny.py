@@ -39,13 +39,13 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from experiments.common import CONF_DIR, UserError, preflight, run_task
 from specpolicy.data import load_corpus
 from specpolicy.data.prompts import sample_prompts
 from specpolicy.data.tokenizer import as_transformers, train_tokenizer
 from specpolicy.data.tokens import encode_split
 from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model, resolve_model_path, save_checkpoint
 from specpolicy.models.training import add_dropout, batch_at, loop_monitor, mtp_losses, ul_step_loss
-from specpolicy.runs.checks import UserError
 
 
 @dataclass
@@ -366,16 +366,21 @@ def train(cfg: TrainTinyConfig, command: str = "") -> dict:
     return final
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train_tiny")
-def main(cfg) -> None:
+def execute(cfg, run_dir: Path) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = " ".join(HydraConfig.get().overrides.task)
-    try:
-        train(OmegaConf.to_object(cfg), command=f"python -m experiments.train_tiny {overrides}".strip())
-    except UserError as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        sys.exit(2)
+    train(OmegaConf.to_object(cfg), command=f"python -m experiments.train_tiny {overrides}".strip())
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train_tiny")
+def app(cfg) -> None:
+    run_task(cfg, execute)
+
+
+def main() -> None:
+    preflight("train_tiny", lambda cfg: check_config(OmegaConf.to_object(cfg)), ("train",))
+    app()
 
 
 if __name__ == "__main__":

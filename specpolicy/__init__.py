@@ -7,11 +7,13 @@
 """
 
 from . import calibration  # noqa: F401  (registers the "calibrated" policy wrapper)
-from .decoding import GenerationResult, generate
+from ._version import __version__
+from .decoding import Drafter, GenerationResult, generate
 from .models.loading import load_model
 from .policies import Action, Policy, StepOutcome, StepState, get_policy, list_policies, register_policy
 
 __all__ = [
-    "load_model", "generate", "GenerationResult", "Policy", "Action", "StepState", "StepOutcome",
+    "__version__", "load_model", "generate", "Drafter", "GenerationResult", "Policy", "Action", "StepState",
+    "StepOutcome",
     "register_policy", "get_policy", "list_policies",
 ]

@@ -9,6 +9,8 @@ drives the decoder to record such rows.
 - ``calibrators``: identity / temperature / Platt / isotonic maps q -> P(accept), fitted per depth, saved as JSON.
 - ``data``: the rows themselves, from decoded results, a run's ``steps.parquet``, or a dedicated ``collect`` run.
 - ``policy``: the ``calibrated`` policy (registered on import): any registered policy fed calibrated P(accept).
+- ``certify``: fit on one half of the prompts, measure on the other, certify a threshold per score (the library half
+  of ``python -m experiments.calibrate``).
 - ``guarantee``: ``choose_tau_trust`` picks tau_trust so the error rate of trusted drafts is <= alpha with
   probability >= 1 - delta (Learn-then-Test, fixed-sequence, exact binomial p-values).
 
@@ -31,6 +33,14 @@ from .calibrators import (
     load_calibrator,
     split_by_prompt,
 )
+from .certify import (
+    CalibrationOutcome,
+    certify,
+    evaluate_calibrators,
+    fit_calibrators,
+    out_of_fold_scores,
+    trust_check,
+)
 from .data import ROW_COLUMNS, CalibrationDataError, collect, rows_from_results, rows_from_run, rows_from_steps
 from .guarantee import TrustThreshold, choose_tau_trust, default_grid, min_calibration_size
 from .metrics import auroc, brier, calibration_report, ece, log_loss, mce, reliability_table
@@ -41,6 +51,7 @@ __all__ = [
     "ROW_COLUMNS",
     "SHIPPED_DIR",
     "CalibratedPolicy",
+    "CalibrationOutcome",
     "CalibrationDataError",
     "Calibrator",
     "IdentityCalibrator",
@@ -51,14 +62,18 @@ __all__ = [
     "auroc",
     "brier",
     "calibration_report",
+    "certify",
     "choose_tau_trust",
     "collect",
     "default_grid",
     "ece",
+    "evaluate_calibrators",
+    "fit_calibrators",
     "get_calibrator",
     "load_calibrator",
     "log_loss",
     "mce",
+    "out_of_fold_scores",
     "min_calibration_size",
     "reliability_table",
     "resolve_calibrator",
@@ -67,4 +82,5 @@ __all__ = [
     "rows_from_steps",
     "shipped_calibrators",
     "split_by_prompt",
+    "trust_check",
 ]

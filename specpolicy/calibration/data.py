@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
+
 __all__ = ["ROW_COLUMNS", "CalibrationDataError", "collect", "rows_from_results", "rows_from_run", "rows_from_steps"]
 
 ROW_COLUMNS = (
@@ -44,7 +46,7 @@ _DTYPES = {"step": "int64", "depth": "int64", "position": "int64", "draft": "int
            "entropy": "float64", "margin": "float64", "trusted": "bool", "label": "int64", "soft_label": "float64"}
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(UserError):
     """Input that holds no calibration data (missing run directory or steps.parquet, wrong columns); one line."""
 
 

@@ -33,10 +33,6 @@ class StepRecord:
     target_tokens: tuple[int, ...]  # the target's greedy token at each walked position (for traces/calibration)
     draft_s: float
     verify_s: float
-    probe: tuple[int, ...] = ()  # extra drafts beyond the policy's (trace recording), never verified
-    probe_confidence: tuple[float, ...] = ()
-    probe_entropy: tuple[float, ...] = ()
-    probe_margin: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)

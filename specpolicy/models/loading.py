@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .mtp import MTPModel
 
 ASSET_DIR = Path(__file__).parent / "assets"
@@ -56,7 +57,7 @@ class TinyConfig:
         )
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(UserError):
     """A model name/path that is neither embedded nor an existing directory/hub id."""
 
 
@@ -195,12 +196,3 @@ def load_model(name_or_path: str = "tiny", device: str | torch.device = "cpu", d
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     name = name_or_path if name_or_path in EMBEDDED else Path(path).name
     return MTPModel(target.eval(), drafter.to(dtype).eval(), tokenizer, name=name, card=card)
-
-
-def load_model_conf(conf) -> MTPModel:
-    """``load_model`` from a config mapping with ``path`` and optional ``device`` (``auto`` = CUDA if present) and
-    ``dtype`` — the ``model/`` config group every experiment shares."""
-    device = conf.get("device") or "cpu"
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(conf.get("path") or "tiny", device=device, dtype=conf.get("dtype"))

@@ -79,5 +79,11 @@ def mtp_chain_logits(drafter, h0: torch.Tensor, input_ids: torch.Tensor, depths:
         h = drafter.forward_layer(
             layer_for_depth(j, len(drafter.layers)), h[:, :n], pos, None, input_ids=input_ids[:, j : j + n]
         )
-        out.append(drafter._project_to_logits(h))
+        out.append(mtp_logits(drafter, h))
     return out
+
+
+def mtp_logits(drafter, h: torch.Tensor) -> torch.Tensor:
+    """Logits of MTP hidden states h: [..., H] -> [..., V] through the head shared with the target, exactly as
+    transformers applies it (muP scaling, unpadded vocabulary slice). The one call of its private helper."""
+    return drafter._project_to_logits(h)

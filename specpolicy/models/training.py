@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..metrics.model_quality import loop_share
 from .mtp import mtp_chain_logits
+from .quality import loop_share
 from .unlikelihood import copy_start_mask, greedy_continue, repeated_ngram_mask, unlikelihood_from_logits
 
 

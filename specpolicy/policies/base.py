@@ -18,6 +18,7 @@ Example (with ``from specpolicy import generate, load_model``)::
 from __future__ import annotations
 
 import enum
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -89,6 +90,9 @@ class StepState:
 
     Per-draft tuples have one entry per drafted token d_1..d_m (m = ``depth``); all are plain Python numbers.
     ``confidence`` is q(d_j) by default, or a calibrated P(accept) when a calibrator wraps the policy.
+    ``native_depths`` is how many depths the drafter has natively (MTP layers, Medusa heads); deeper drafts re-use
+    its last layer or head. ``num_mtp_layers`` is its deprecated former name, accepted as a constructor keyword (and
+    in its old positional slot, after ``budget``) and readable as an attribute, for one release.
     """
 
     drafts: tuple[int, ...] = ()
@@ -98,13 +102,54 @@ class StepState:
     step: int = 0  # index of this step (target forward) in the generation
     position: int = 0  # new tokens committed so far
     budget: int = 1 << 30  # most drafts this step may still hold (max_new_tokens - position - 1)
-    num_mtp_layers: int = 1  # K: depths > K re-use the last MTP layer
     stats: AcceptanceStats = field(default_factory=AcceptanceStats)
     last_accepted: int = -1  # drafts committed by the previous step (-1 before the first)
+    native_depths: int = 1  # depths the drafter has natively; deeper ones re-use its last layer/head
 
     @property
     def depth(self) -> int:
         return len(self.drafts)
+
+    def extended(self, draft: int, confidence: float, entropy: float, margin: float) -> StepState:
+        """This state with one more draft d_{m+1} (the step core's hot path: no ``__init__``, fields copied).
+
+        Example:
+            >>> StepState(budget=4).extended(17, 0.9, 0.3, 0.8).drafts
+            (17,)
+        """
+        new = object.__new__(StepState)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields["drafts"] = self.drafts + (draft,)
+        fields["confidence"] = self.confidence + (confidence,)
+        fields["entropy"] = self.entropy + (entropy,)
+        fields["margin"] = self.margin + (margin,)
+        return new
+
+    @property
+    def num_mtp_layers(self) -> int:
+        """Deprecated: ``native_depths``."""
+        warnings.warn("StepState.num_mtp_layers is deprecated; use native_depths", DeprecationWarning, stacklevel=2)
+        return self.native_depths
+
+
+_state_init = StepState.__init__
+_OLD_SLOT = 7  # num_mtp_layers sat after budget; stats and last_accepted followed it
+
+
+def _init_with_alias(self, *args, num_mtp_layers: int | None = None, **kwargs) -> None:
+    if len(args) > _OLD_SLOT:  # positional construction in the old field order
+        num_mtp_layers, args = args[_OLD_SLOT], args[:_OLD_SLOT] + args[_OLD_SLOT + 1 :]
+    if num_mtp_layers is not None:
+        warnings.warn("StepState(num_mtp_layers=...) is deprecated; use native_depths=", DeprecationWarning,
+                      stacklevel=2)
+        if "native_depths" in kwargs or len(args) > _OLD_SLOT + 2:
+            raise TypeError("StepState: give native_depths or its deprecated alias num_mtp_layers, not both")
+        kwargs["native_depths"] = num_mtp_layers
+    _state_init(self, *args, **kwargs)
+
+
+StepState.__init__ = _init_with_alias  # replace() passes fields by name, so it takes the fast path
 
 
 @dataclass(frozen=True)

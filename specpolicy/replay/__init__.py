@@ -1,11 +1,15 @@
 """Trace replay: evaluate any speculation policy on a recorded greedy trace without running a model.
 
-    trace.py     the trace format (one safetensors file), ``load_trace``, the device ``CostModel``, test traces
-    simulate.py  ``replay(policy, trace)``: the decoder's loop over trace lookups; exact for lossless policies
-    compare.py   real ``GenerationResult``s in the same terms, side by side with a replay
+    trace.py     the trace format (one safetensors file), ``load_trace``, synthetic test traces
+    record.py    ``record_trace``: greedy decodes with the drafter's chain probed at every position
+    simulate.py  ``replay(policy, trace)``: the decoder's step core over trace lookups; exact for lossless policies
+    compare.py   real decodes in the same terms (``decode_real``), side by side with a replay (``compare_row``)
+
+The device ``CostModel`` lives in ``specpolicy.decoding.cost`` (re-exported here).
 
 Record a trace with ``python -m experiments.record``; tune thresholds on it with ``python -m experiments.tune``.
-Like the decoder, replay drives policies through ``StepState`` / ``StepOutcome`` only (imports: policies, numpy).
+Like the decoder, replay drives policies through ``StepState`` / ``StepOutcome`` and the same step core
+(``specpolicy.decoding.step``); it runs no model (recording and ``decode_real`` do).
 
 Example:
     >>> from specpolicy.replay import load_trace, replay
@@ -14,12 +18,22 @@ Example:
     2.91
 """
 
-from .compare import EXACT_FIELDS, prompt_from_generation, side_by_side, summarise_generations
-from .simulate import PromptReplay, ReplayError, ReplayResult, replay, summarise_prompts
-from .trace import TRACE_VERSION, CostModel, Trace, TraceError, load_trace, rows_from_steps, synthetic_trace
+from .compare import (
+    EXACT_FIELDS,
+    compare_row,
+    decode_real,
+    markdown,
+    prompt_from_generation,
+    side_by_side,
+    summarise_generations,
+)
+from .record import ChainProbe, record_trace
+from .simulate import PromptReplay, ReplayError, ReplayResult, replay, replay_speed, summarise_prompts
+from .trace import TRACE_VERSION, CostModel, Trace, TraceError, load_trace, synthetic_trace
 
 __all__ = [
-    "EXACT_FIELDS", "TRACE_VERSION", "CostModel", "PromptReplay", "ReplayError", "ReplayResult", "Trace",
-    "TraceError", "load_trace", "prompt_from_generation", "replay", "rows_from_steps", "side_by_side",
-    "summarise_generations", "summarise_prompts", "synthetic_trace",
+    "EXACT_FIELDS", "TRACE_VERSION", "ChainProbe", "CostModel", "PromptReplay", "ReplayError", "ReplayResult",
+    "Trace", "TraceError", "compare_row", "decode_real", "load_trace", "markdown", "prompt_from_generation",
+    "record_trace", "replay", "replay_speed", "side_by_side", "summarise_generations", "summarise_prompts",
+    "synthetic_trace",
 ]

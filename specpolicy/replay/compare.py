@@ -1,24 +1,28 @@
-"""Real decodes in replay terms: the same per-prompt fields and pooled summary, so replayed and real runs compare
-field by field (and lossless ones must agree exactly).
+"""Replay vs real decoding: real decodes in replay terms (the same per-prompt fields and pooled summary), so replayed
+and real runs compare field by field, and lossless ones must agree exactly.
 
-Works on ``GenerationResult``s without importing the decoder (duck-typed: ``token_ids``, ``steps`` with ``drafts``,
-``accepted``, ``verdicts``, ``provenance``; ``stats.shadow_rejects``; ``finished_by``).
+``prompt_from_generation`` / ``summarise_generations`` work on ``GenerationResult``s duck-typed (``token_ids``,
+``steps`` with ``drafts``, ``accepted``, ``verdicts``; ``provenance``; ``stats``; ``finished_by``).
+``decode_real`` decodes a trace's prompts for real with the shared harness (``ar`` among the runners, for the
+wall-clock reference) and ``compare_row`` puts one policy's replay and real figures side by side.
 
 Example:
-    >>> real = [generate(model, ids, pol, max_new_tokens=128, max_draft=trace.k_max) for ids in trace.prompt_ids]
-    >>> side_by_side(replay(pol, trace).summary, summarise_generations(real, trace.cost, trace.k_max))["tpf"]
-    {'replay': 2.91, 'real': 2.91, 'equal': True}
+    >>> real, ar = decode_real(model, trace, {"threshold": get_policy("threshold")})
+    >>> compare_row("threshold", get_policy("threshold"), trace, real["threshold"], ar)["exact"]
+    True
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from .simulate import PromptReplay, summarise_prompts
-from .trace import CostModel
+from .simulate import PromptReplay, replay, summarise_prompts
+from .trace import CostModel, Trace
 
-__all__ = ["EXACT_FIELDS", "prompt_from_generation", "side_by_side", "summarise_generations"]
+__all__ = ["EXACT_FIELDS", "PER_PROMPT", "compare_row", "decode_real", "markdown", "prompt_from_generation",
+           "side_by_side", "summarise_generations"]
 
+PER_PROMPT = ("new_tokens", "steps", "accepted_hist", "accept_reached", "accept_ok", "shadow_rejects")
 EXACT_FIELDS = ("new_tokens", "steps", "target_forwards", "drafted", "tpf", "accepted_hist", "acceptance_by_depth",
                 "lossy_error_rate", "modelled_speedup")
 
@@ -73,8 +77,75 @@ def side_by_side(replayed: dict, real: dict, fields=EXACT_FIELDS) -> dict:
     return out
 
 
+def _norm(x):
+    """Counts per depth compare without their trailing zeros; anything else as it is."""
+    return _trim(x) if isinstance(x, tuple | list) else x
+
+
 def _trim(hist):
     hist = list(hist or [])
     while hist and hist[-1] == 0:
         hist.pop()
     return hist
+
+
+def decode_real(model, trace: Trace, policies: dict, progress: bool = True) -> tuple[dict, list]:
+    """Decode every trace prompt with every policy (``max_new_tokens`` N, ``max_draft`` K of the trace) and with
+    ``ar``, interleaved by the shared harness. Returns ({label: [GenerationResult per prompt]}, [ar result per
+    prompt]); ``ar``'s wall clock is the reference of the wall-clock speedup."""
+    from specpolicy.decoding.harness import interleaved, policy_runner
+
+    labels = {label: label for label in policies}
+    ar_label = next(f"ar#{i}" for i in range(len(policies) + 1) if f"ar#{i}" not in labels)
+    runners = {label: policy_runner(model, (lambda p=p: p), max_draft=trace.k_max) for label, p in policies.items()}
+    runners[ar_label] = policy_runner(model, "ar", max_draft=trace.k_max)
+    out: dict[str, list] = {label: [None] * trace.n_prompts for label in runners}
+    for c in interleaved(list(trace.prompt_ids), runners, trace.max_new_tokens, progress=progress, desc="decode"):
+        out[c.label][c.index] = c.result
+    ar = out.pop(ar_label)
+    return out, ar
+
+
+def compare_row(label: str, policy, trace: Trace, results: list, ar: list) -> dict:
+    """One row: replayed vs real figures of ``policy`` on the trace's prompts (same prompts, same N and K)."""
+    rep = replay(policy, trace)
+    real = summarise_generations(results, trace.cost, trace.k_max, lossless=policy.lossless)
+    same = 0
+    for p_rep, res in zip(rep.prompts, results):
+        p_real = prompt_from_generation(res, trace.cost, trace.k_max)
+        same += all(_norm(getattr(p_rep, f)) == _norm(getattr(p_real, f)) for f in PER_PROMPT)
+    new = sum(len(r.token_ids) for r in results)
+    wall = sum(r.stats.wall_s for r in results)
+    ar_rate = sum(len(r.token_ids) for r in ar) / sum(r.stats.wall_s for r in ar)
+    s = rep.summary
+    return {
+        "policy": label, "lossless": policy.lossless, "prompts": len(results), "prompts_equal": same,
+        "exact": same == len(results), "approximate": s["approximate"],
+        "replay_tpf": s["tpf"], "real_tpf": real["tpf"],
+        "replay_error": s["lossy_error_rate"], "real_error": real["lossy_error_rate"],
+        "replay_lossy_rate": s["lossy_token_rate"], "real_lossy_rate": real["lossy_token_rate"],
+        "replay_mean_draft": s["mean_draft_len"], "real_mean_draft": real["mean_draft_len"],
+        "replay_speedup": s["modelled_speedup"], "real_speedup_modelled": real["modelled_speedup"],
+        "real_speedup_wall": (new / wall) / ar_rate if wall > 0 else float("nan"),
+        "depth_capped_steps": s["depth_capped_steps"],
+    }
+
+
+def markdown(rows: list[dict], trace: Trace) -> str:
+    """The replay-vs-real table as markdown."""
+    lines = [
+        f"Replay vs real decoding: {rows[0]['prompts'] if rows else 0} prompts x {trace.max_new_tokens} new tokens, "
+        f"max_draft = K = {trace.k_max}, model {trace.meta.get('model_fingerprint')}",
+        "",
+        "| policy | lossless | exact prompts | replay TPF | real TPF | replay err | real err | replay speedup* "
+        "| real speedup* | real wall speedup | approx. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['policy']} | {r['lossless']} | {r['prompts_equal']}/{r['prompts']} | {r['replay_tpf']:.3f} | "
+            f"{r['real_tpf']:.3f} | {r['replay_error']:.4f} | {r['real_error']:.4f} | {r['replay_speedup']:.3f} | "
+            f"{r['real_speedup_modelled']:.3f} | {r['real_speedup_wall']:.2f} | {r['approximate']} |")
+    lines += ["", "*modelled with the trace's cost model c(m) (prefill excluded); wall speedup: tokens/s vs ar "
+              "decoded interleaved with the policies in the same process (noisy on a shared CPU)."]
+    return "\n".join(lines) + "\n"

@@ -1,14 +1,14 @@
 """Replay: drive any ``Policy`` over a recorded trace exactly as the decoder would, in milliseconds.
 
-For each prompt, the same loop as ``specpolicy.decoding.decoder`` with the models replaced by trace lookups
-(n = index of the last committed new token, row n of the trace):
+For each prompt, the decoder's step with the models replaced by trace lookups (n = index of the last committed new
+token, row n of the trace); the step itself is the decoder's own (``specpolicy.decoding.step``):
 
-    state = StepState(step, position=n+1, budget=min(max_new - (n+1) - 1, max_draft), num_mtp_layers, stats,
-                      last_accepted)
-    while policy.decide(state) is EXTEND and depth < budget:   state += (draft[n, j], q, H, margin)[j = depth]
-    walk d_1..d_m: verdict_j = (d_j == tokens[n + j]); trusted -> commit; else strict (or relaxed) rule;
-                   first rejection -> commit tokens[n + j] (the target's correction); all accepted -> bonus token
-    EOS among the committed tokens cuts the block; policy.observe(StepOutcome(...)); stats.updated(outcome)
+    state = StepState(step, position=n+1, budget=min(max_new - (n+1) - 1, max_draft), stats, last_accepted, ...)
+    draft_phase(policy, state, next_draft)        next_draft(j) = (draft[n, j-1], q, H, margin)[n, j-1] of the trace
+    walk(d_1..d_m, trust_mask(action), judge)     judge: verdict_j = (d_j == the target's token at chain position j),
+                                                  read from tokens[n + j] (clean block) or target_chain[n, j-1];
+                                                  relaxed rules read the trace's p features (``RelaxedRule``)
+    policy.observe(StepOutcome(...)); stats.updated(outcome)
 
 Exact for lossless policies under greedy decoding: the committed sequence is the target's greedy sequence whatever
 the schedule, so steps, TPF, the accepted-length histogram and acceptance by depth equal the real decoder's (run with
@@ -34,17 +34,18 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from specpolicy.policies import ActionKind, Policy, StepOutcome, StepState, get_policy
-from specpolicy.policies.base import AcceptanceRule, AcceptanceStats
+from specpolicy.decoding.acceptance import PFeatures, relaxed_rule
+from specpolicy.decoding.step import RELAXED, TRUSTED, draft_phase, trust_mask, walk
+from specpolicy.errors import UserError
+from specpolicy.policies import Policy, StepOutcome, StepState, get_policy
+from specpolicy.policies.base import AcceptanceStats
 
 from .trace import Trace
 
-__all__ = ["PromptReplay", "ReplayError", "ReplayResult", "replay", "summarise_prompts"]
+__all__ = ["PromptReplay", "ReplayError", "ReplayResult", "replay", "replay_speed", "summarise_prompts"]
 
-_EXTEND, _TRUST = ActionKind.EXTEND, ActionKind.TRUST
 NOTE_TRUST = ("errors (committed trusted/relaxed tokens the target rejects) are exact within their step, but the replay "
               "then continues along the recorded target-greedy sequence; a real run continues after the wrong token")
 NOTE_RELAXED = ("relaxed acceptance reads p from the recording's chain forward; decisions exactly at the rule's "
@@ -53,7 +54,7 @@ NOTE_CAPPED = ("some steps drafted the trace's full probe depth K with token bud
                "max_draft = K: a deeper trace would let the policy draft further")
 
 
-class ReplayError(ValueError):
+class ReplayError(UserError):
     """Replay arguments the trace cannot serve (one line: what is wrong, what is allowed)."""
 
 
@@ -96,109 +97,82 @@ class ReplayResult:
     summary: dict
 
 
-def _relaxed_ok(rule: AcceptanceRule, p_d: float, rank: int, top1: float, ent: float) -> bool:
-    """The decoder's relaxed rules (``decoding.acceptance.relaxed_accept``) on the trace's p features."""
-    if rule.kind == "typical":
-        return p_d > min(rule.eps, rule.delta * math.exp(-ent))
-    if rule.kind == "topk":
-        return rank < rule.k and math.log(top1) - math.log(max(p_d, 1e-30)) <= rule.delta
-    raise ReplayError(f"unknown acceptance rule {rule.kind!r}; allowed: typical, topk")
+class _TraceJudge:
+    """The verdicts of one block from the trace (prompt i, row n): the target's token at chain position j is the
+    recorded ``tokens[n + 1 + j]`` while the block is ``clean`` (every committed draft right), and
+    ``target_chain[n, j]`` once a wrong draft was committed (trusted/relaxed): that one target forward over the whole
+    chain is what the decoder's verify forward computes for the block."""
+
+    __slots__ = ("drafts", "toks", "n", "chain", "features", "rule")
+
+    def __init__(self, drafts, toks, n: int, chain, features, rule):
+        self.drafts, self.toks, self.n, self.chain, self.features, self.rule = drafts, toks, n, chain, features, rule
+
+    def strict(self, j: int, clean: bool) -> tuple[bool, float]:
+        ok = self.drafts[j] == (self.toks[self.n + 1 + j] if clean else self.chain[j])
+        return ok, float(ok)
+
+    def relaxed(self, j: int) -> bool:
+        return self.rule.accept_features(PFeatures(*(f[j] for f in self.features)))
+
+    def target(self, j: int, clean: bool, rejected: bool) -> int:
+        return self.toks[self.n + 1 + j] if clean else self.chain[j]
 
 
-def _mask(action, m: int) -> tuple[bool, ...]:
-    if action.kind is not _TRUST:
-        return (False,) * m
-    if len(action.mask) > m:
-        raise ValueError(f"trust mask has {len(action.mask)} entries but only {m} drafts exist")
-    return action.mask + (False,) * (m - len(action.mask))
+def _chain(drow, qrow, erow, mrow):
+    """``next_draft`` over one trace row: depth j -> (d_j, q(d_j), H, margin), or None where no draft was recorded."""
+    def next_draft(j: int):
+        return (drow[j - 1], qrow[j - 1], erow[j - 1], mrow[j - 1]) if drow[j - 1] >= 0 else None
 
-
-def _walk(rows: dict, i: int, n: int, drafts: list[int], mask: tuple[bool, ...], rule, eos: frozenset):
-    """The decoder's walk over d_1..d_m: (verdicts, committed tokens, kinds: 0 target 1 verified 2 relaxed 3 trusted).
-
-    The target's token at chain position j (after [t_n, d_1..d_j]) is the recorded ``tokens[n + 1 + j]`` while
-    every committed draft is right, and ``target_chain[n, j]`` once a wrong draft was committed (trusted/relaxed):
-    that one target forward over the whole chain is what the decoder's verify forward computes for the block.
-    Tokens after an EOS are cut (the block then ends with EOS); verdicts cover every walked draft, as in the decoder.
-    """
-    toks, chain = rows["tokens"][i], rows["target_chain"][i][n]
-    verdicts, committed, kinds = [], [], []
-    on_path = True  # every committed draft so far is the target's own token: we are on the recorded sequence
-    for j, d in enumerate(drafts):
-        ok = d == (toks[n + 1 + j] if on_path else chain[j])
-        verdicts.append(ok)
-        if mask[j] or ok:
-            committed.append(d)
-            kinds.append(3 if mask[j] else 1)
-        elif rule is not None and _relaxed_ok(rule, rows["p_draft"][i][n][j], rows["p_rank"][i][n][j],
-                                              rows["p_top1"][i][n][j], rows["p_entropy"][i][n][j]):
-            committed.append(d)
-            kinds.append(2)
-        else:
-            break
-        on_path = on_path and ok
-    a = len(committed)  # correction (first rejection) or bonus token: the target's
-    committed.append(toks[n + 1 + a] if on_path else chain[a])
-    kinds.append(0)
-    if eos and any(t in eos for t in committed):  # nothing after EOS is committed
-        cut = next(c for c, t in enumerate(committed) if t in eos) + 1
-        committed, kinds = committed[:cut], kinds[:cut]
-    return verdicts, committed, kinds
+    return next_draft
 
 
 def _replay_prompt(policy: Policy, rows: dict, i: int, max_new: int, max_draft: int, k_trace: int,
-                   num_mtp_layers: int, eos: frozenset, step_cost: list[float]) -> PromptReplay:
-    toks, D, Q = rows["tokens"][i], rows["draft"][i], rows["q"][i]
-    E, M = rows["entropy"][i], rows["margin"][i]
-    rule = policy.acceptance
+                   native_depths: int, eos: frozenset, step_cost: list[float]) -> PromptReplay:
+    toks, D, Q, E, M = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin"))
+    chain, pf = rows["target_chain"][i], [rows[k][i] for k in PFeatures._fields]
+    rule = relaxed_rule(policy.acceptance)
     policy.reset()
     stats, last_accepted = AcceptanceStats(), -1
     new, steps, drafted, acc_total, trusted_n, relaxed_n, rejects, capped = 1, 0, 0, 0, 0, 0, 0, 0
     hist = [0] * (max_draft + 1)
     time_s, t_mtp = 0.0, step_cost[-1]
-    finished = "eos" if toks[0] in eos else "length"
-    while new < max_new and finished != "eos":
+    finished = toks[0] in eos
+    while new < max_new and not finished:
         n = new - 1
-        budget = min(max_new - new - 1, max_draft)
         drow = D[n]
-        state = StepState(step=steps, position=new, budget=budget, num_mtp_layers=num_mtp_layers, stats=stats,
-                          last_accepted=last_accepted)
-        while True:
-            action = policy.decide(state)
-            if action.kind is not _EXTEND or state.depth >= budget:
-                break
-            j = state.depth + 1
-            state = StepState(tuple(drow[:j]), tuple(Q[n][:j]), tuple(E[n][:j]), tuple(M[n][:j]), steps, new, budget,
-                              num_mtp_layers, stats, last_accepted)
-        m = state.depth
+        state = StepState(step=steps, position=new, budget=min(max_new - new - 1, max_draft), stats=stats,
+                          last_accepted=last_accepted, native_depths=native_depths)
+        state, action = draft_phase(policy, state, _chain(drow, Q[n], E[n], M[n]))
+        m, mask = state.depth, trust_mask(action, state.depth)
         if m == max_draft == k_trace and max_new - new - 1 > m:
             capped += 1  # drafted the trace's full depth with token budget to spare: a deeper trace might go on
-        mask = _mask(action, m)
-        verdicts, committed, kinds = _walk(rows, i, n, drow[:m], mask, rule, eos)
-        if committed[-1] in eos:  # the walk cut the block after an EOS
-            finished = "eos"
-        accepted = sum(1 for k in kinds if k)
+        judge = _TraceJudge(drow, toks, n, chain[n], [f[n] for f in pf], rule)
+        block = walk(state.drafts, mask, judge, rule is not None, eos)
+        finished = block.eos
+        accepted = block.accepted
         for c in range(accepted):
-            if kinds[c] >= 2:
-                trusted_n += kinds[c] == 3
-                relaxed_n += kinds[c] == 2
-                rejects += not verdicts[c]
+            kind = block.provenance[c]
+            if kind == TRUSTED or kind == RELAXED:
+                trusted_n += kind == TRUSTED
+                relaxed_n += kind == RELAXED
+                rejects += not block.verdicts[c]
         steps += 1
         drafted += m
         acc_total += accepted
         hist[accepted] += 1
         cost = step_cost[m]
         time_s += cost
-        new += len(committed)
-        outcome = StepOutcome(drafted=m, accepted=accepted, trusted=mask, verdicts=tuple(verdicts),
-                              committed=len(committed), draft_s=m * t_mtp, verify_s=cost - m * t_mtp)
+        new += len(block.committed)
+        outcome = StepOutcome(drafted=m, accepted=accepted, trusted=mask, verdicts=block.verdicts,
+                              committed=len(block.committed), draft_s=m * t_mtp, verify_s=cost - m * t_mtp)
         policy.observe(outcome)
         stats, last_accepted = stats.updated(outcome), accepted
     return PromptReplay(
         new_tokens=new, steps=steps, drafted=drafted, accepted=acc_total, trusted_tokens=trusted_n,
         relaxed_tokens=relaxed_n, shadow_rejects=rejects, accepted_hist=tuple(hist), accept_reached=stats.attempted,
-        accept_ok=stats.accepted, modelled_s=time_s, ar_modelled_s=(new - 1) * step_cost[0], finished_by=finished,
-        depth_capped_steps=capped, diverged=rejects > 0,
+        accept_ok=stats.accepted, modelled_s=time_s, ar_modelled_s=(new - 1) * step_cost[0],
+        finished_by="eos" if finished else "length", depth_capped_steps=capped, diverged=rejects > 0,
     )
 
 
@@ -226,7 +200,7 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
                           "depth; record a deeper trace for more)")
     step_cost = [trace.cost.step_s(m) for m in range(max_draft + 1)] + [trace.cost.t_mtp]  # [-1]: one draft
     rows, eos = trace.rows, trace.eos_ids
-    prompts = tuple(_replay_prompt(policy, rows, i, max_new, max_draft, K, trace.num_mtp_layers, eos, step_cost)
+    prompts = tuple(_replay_prompt(policy, rows, i, max_new, max_draft, K, trace.native_depths, eos, step_cost)
                     for i in range(trace.n_prompts))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
     summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft)
@@ -286,3 +260,27 @@ def summarise_prompts(prompts, lossless: bool = True, relaxed: bool = False) -> 
         "approximate": bool(rejects or relaxed),
         "notes": notes,
     }
+
+
+def replay_speed(trace: Trace, names=None, reps: int = 3) -> dict:
+    """Seconds to replay each policy (registered names, defaults; all by default) over the whole trace in this
+    process: the median of ``reps`` runs, and microseconds per policy step. A benchmark, not a test."""
+    import statistics
+    import time
+
+    from specpolicy.policies import list_policies
+
+    t0 = time.perf_counter()
+    trace.rows  # noqa: B018 - the one-off list conversion, timed separately
+    out = {"rows_s": time.perf_counter() - t0, "prompts": trace.n_prompts, "tokens": trace.max_new_tokens,
+           "reps": reps, "policies": {}}
+    for name in names or list_policies():
+        times, res = [], None
+        for _ in range(reps):
+            t = time.perf_counter()
+            res = replay(name, trace)
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        out["policies"][name] = {"median_s": med, "steps": res.summary["steps"], "tpf": res.summary["tpf"],
+                                 "us_per_step": 1e6 * med / max(res.summary["steps"], 1)}
+    return out

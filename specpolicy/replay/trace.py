@@ -41,49 +41,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TRACE_VERSION", "CostModel", "Trace", "TraceError", "load_trace", "rows_from_steps", "synthetic_trace"]
+from specpolicy.decoding.cost import CostModel
+from specpolicy.errors import UserError
+
+__all__ = ["TRACE_VERSION", "CostModel", "Trace", "TraceError", "load_trace", "synthetic_trace"]
 
 TRACE_VERSION = 1
 _CHAIN = ("draft", "q", "entropy", "margin", "p_draft", "p_rank", "p_top1", "p_entropy")  # [P, N-1, K]
 _ARRAYS = ("tokens", "target_chain") + _CHAIN
 
 
-class TraceError(ValueError):
+class TraceError(UserError):
     """A trace file that is missing, of another version, or inconsistent (one line: what and where)."""
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Device cost of one step: ``t_target[m-1]`` = seconds of a target forward over m tokens (m = 1..K+1),
-    ``t_mtp`` = seconds of one drafter step. ``c(m) = t_target[m-1] / t_target[0]``.
-
-    Example:
-        >>> cm = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002)
-        >>> round(cm.c(3), 2), round(cm.step_s(2), 4)       # step with 2 drafts: forward over 3 tokens + 2 drafts
-        (1.2, 0.016)
-    """
-
-    t_target: tuple[float, ...]
-    t_mtp: float
-
-    def c(self, m: int) -> float:
-        return self.forward_s(m) / self.t_target[0]
-
-    def forward_s(self, m: int) -> float:
-        """Seconds of a target forward over m tokens (linear extrapolation past the measured range)."""
-        t = self.t_target
-        if m <= len(t):
-            return t[m - 1]
-        slope = (t[-1] - t[-2]) if len(t) > 1 else t[-1]
-        return t[-1] + (m - len(t)) * max(slope, 0.0)
-
-    def step_s(self, drafted: int) -> float:
-        """Modelled seconds of one step with ``drafted`` drafts: c(m+1) * t_target(1) + m * t_mtp."""
-        return self.forward_s(drafted + 1) + drafted * self.t_mtp
-
-    def to_dict(self) -> dict:
-        return {"t_target": list(self.t_target), "t_mtp": self.t_mtp,
-                "c": [self.c(m) for m in range(1, len(self.t_target) + 1)], "mtp_rel": self.t_mtp / self.t_target[0]}
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,8 +101,9 @@ class Trace:
         return self.draft.shape[2]
 
     @property
-    def num_mtp_layers(self) -> int:
-        return int(self.meta.get("num_mtp_layers", 1))
+    def native_depths(self) -> int:
+        """The recording drafter's native depths (``StepState.native_depths``; ``num_mtp_layers`` in older traces)."""
+        return int(self.meta.get("native_depths", self.meta.get("num_mtp_layers", 1)))
 
     @property
     def eos_ids(self) -> frozenset[int]:
@@ -142,6 +112,15 @@ class Trace:
     @property
     def prompt_names(self) -> list[str]:
         return list(self.meta.get("prompt_names") or [f"prompt{i}" for i in range(self.n_prompts)])
+
+    def check_model(self, model) -> None:
+        """``TraceError`` unless ``model`` is the one that recorded this trace (a synthetic trace has none)."""
+        want = self.meta.get("model_fingerprint")
+        if self.meta.get("synthetic"):
+            raise TraceError("the trace is synthetic (no model recorded it); allowed: a trace from experiments.record")
+        if want and model.fingerprint() != want:
+            raise TraceError(f"the trace was recorded with model {want} but the model given is {model.fingerprint()};"
+                             " allowed: the trace's model")
 
     def select(self, indices) -> Trace:
         """The trace of a subset of prompts (in the given order).
@@ -209,31 +188,6 @@ def load_trace(path: str | Path) -> Trace:
     prompts = tuple(tuple(int(t) for t in flat[off[i] : off[i + 1]]) for i in range(len(off) - 1))
     cost = CostModel(tuple(float(t) for t in header["cost"]["t_target"]), float(header["cost"]["t_mtp"]))
     return Trace(prompts, cost=cost, meta=header.get("meta", {}), **{k: arrays[k] for k in _ARRAYS})
-
-
-def rows_from_steps(steps, n_new: int, k: int) -> dict[str, np.ndarray]:
-    """draft / q / entropy / margin rows [N-1, K] of one prompt from the ``StepRecord``s of an ``ar`` decode with
-    ``probe_depth=k`` (duck-typed: ``position`` and the ``probe*`` tuples). Row n = the step at position n + 1.
-
-    Example:
-        >>> res = generate(model, ids, "ar", max_new_tokens=128, probe_depth=8)
-        >>> rows_from_steps(res.steps, 128, 8)["draft"].shape
-        (127, 8)
-    """
-    rows = max(n_new - 1, 0)
-    out = {"draft": np.full((rows, k), -1, np.int32)}
-    out.update({name: np.full((rows, k), np.nan, np.float32) for name in ("q", "entropy", "margin")})
-    seen = np.zeros(rows, bool)
-    for s in steps:
-        n = s.position - 1
-        if s.drafts or len(s.probe) != k or not 0 <= n < rows:
-            raise TraceError(f"step {s.step} at position {s.position} is not an ar step with {k} probe drafts")
-        out["draft"][n] = s.probe
-        out["q"][n], out["entropy"][n], out["margin"][n] = s.probe_confidence, s.probe_entropy, s.probe_margin
-        seen[n] = True
-    if not seen.all():
-        raise TraceError(f"steps cover {int(seen.sum())} of {rows} positions; record without EOS stopping")
-    return out
 
 
 def synthetic_trace(n_prompts: int = 8, max_new_tokens: int = 64, k_max: int = 8, seed: int = 0,

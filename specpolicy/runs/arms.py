@@ -1,7 +1,7 @@
 """The policies one run decodes ("arms"): the requested policy plus the lossless baselines ``ar`` and ``fixed``.
 
-Baselines are decoded in the same process on the same prompts, interleaved per prompt, so speedup and quality are
-measured against a lossless reference under the same machine load. The ``fixed`` baseline drafts k = the policy's
+Baselines are decoded in the same process on the same prompts, interleaved per prompt (``decoding.harness``), so
+speedup and quality are measured against a lossless reference under the same machine load. The ``fixed`` baseline drafts k = the policy's
 ``k`` (else its ``k_init``, else its ``k_max``, else 4). A baseline identical to the requested policy (same name and
 parameters: ``policy=ar``, ``policy=fixed``) is not decoded twice.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from specpolicy.policies import Policy, get_policy
 from specpolicy.policies.registry import MAX_DEPTH
 
-__all__ = ["Arm", "plan_arms", "rotate"]
+__all__ = ["Arm", "plan_arms"]
 
 REFERENCE = "ar"
 
@@ -60,14 +60,3 @@ def plan_arms(name: str, params: dict, baselines: bool = True) -> list[Arm]:
                 continue
             arms.append(Arm(base_name, base_name, full, "baseline"))
     return arms + [main]
-
-
-def rotate(arms: list[Arm], i: int) -> list[Arm]:
-    """The decode order for prompt ``i``: a rotation, so no policy always runs first (warm caches, load drift).
-
-    Example:
-        >>> [a.label for a in rotate(plan_arms("threshold", {}), 1)]
-        ['fixed', 'threshold', 'ar']
-    """
-    s = i % len(arms)
-    return arms[s:] + arms[:s]

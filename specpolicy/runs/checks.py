@@ -5,33 +5,36 @@ the composed config before Hydra creates a results directory (and again inside t
 line to stderr and exits with code 2. The functions take any attribute-style config (an OmegaConf node or a
 dataclass), so they are unit-testable without Hydra.
 
+``validate(cfg)`` is the one validation step of a run: it returns a ``RunPlan`` (the arms with complete parameters,
+the settings as plain values and the key that makes records comparable), which ``specpolicy.runs.runner`` executes.
+
 Example:
-    >>> arms = validate(cfg)            # [Arm(ar), Arm(fixed), Arm(threshold)] or UserError
-    >>> model = load(cfg.model); prompts, info = prompts_for(cfg.data, model.tokenizer)
+    >>> plan = validate(cfg)            # RunPlan(arms=(Arm(ar), Arm(fixed), Arm(threshold)), ...) or UserError
+    >>> model = load(plan.model); prompts, info = prompts_for(plan.data, model.tokenizer)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
+from specpolicy.errors import UserError
 from specpolicy.policies import PolicyParamError, UnknownPolicyError
 
 from .arms import Arm, plan_arms
 from .prompt_file import PromptFileError, read_prompt_file
 from .records import RecordStore
 
-__all__ = ["UserError", "validate", "check_model", "check_data", "load", "prompts_for", "check_resume",
+__all__ = ["RunPlan", "UserError", "validate", "check_model", "check_data", "load", "prompts_for", "check_resume",
            "remove_if_empty"]
 
 DATA_SOURCES = ("stdlib_test", "file")
 SPLITS = ("test", "valid")  # held-out splits only: prompts from train would flatter the drafter
-
-
-class UserError(ValueError):
-    """Bad input a user can fix; ``str(err)`` is the one line to show."""
 
 
 def _missing(node, key: str) -> bool:
@@ -51,11 +54,36 @@ def _plain(node) -> dict:
     return dict(node) if isinstance(node, Mapping) else dict(vars(node))
 
 
-def validate(cfg) -> list[Arm]:
-    """Check policy parameters (via the registry), decode and run settings, model and data; return the arms.
+@dataclass(frozen=True)
+class RunPlan:
+    """A run, resolved and checked: what to decode, with which settings, and the key of comparable records."""
+
+    arms: tuple[Arm, ...]  # baselines first, the requested policy last; parameters complete
+    model: SimpleNamespace  # path, device, dtype
+    data: SimpleNamespace  # the data group's fields
+    decode: SimpleNamespace  # temperature, max_new_tokens, top_p, top_k, seed, max_draft
+    threads: int
+    nll: bool  # score every output with one teacher-forced target forward
+    bootstrap: int  # resamples for the summary's intervals
+    run_key: str  # hash of the model, data and decode settings: records with another key are not comparable
+
+    @property
+    def generate_kw(self) -> dict:
+        """The ``generate`` keyword arguments of every decode of the run besides ``max_new_tokens`` (the harness
+        passes it) and the seed (``decode.seed`` + prompt index)."""
+        d = self.decode
+        return {"temperature": d.temperature, "top_p": d.top_p, "top_k": d.top_k, "max_draft": d.max_draft}
+
+    @property
+    def sampling(self) -> bool:
+        return self.decode.temperature > 0
+
+
+def validate(cfg) -> RunPlan:
+    """Check policy parameters (via the registry), decode and run settings, model and data; return the plan.
 
     Example:
-        >>> validate(cfg)[-1].params
+        >>> validate(cfg).arms[-1].params
         {'tau_extend': 0.5, 'tau_trust': 0.95, 'k_max': 6}
     """
     d = cfg.decode
@@ -79,7 +107,11 @@ def validate(cfg) -> list[Arm]:
         raise UserError(str(err)) from None
     check_model(cfg.model)
     check_data(cfg.data)
-    return arms
+    settings = {k: _plain(getattr(cfg, k)) for k in ("model", "data", "decode")}
+    run_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return RunPlan(tuple(arms), *(SimpleNamespace(**settings[k]) for k in ("model", "data", "decode")),
+                   threads=cfg.threads, nll=bool(getattr(cfg, "nll", True)), bootstrap=cfg.bootstrap,
+                   run_key=run_key)
 
 
 def check_model(m) -> None:
@@ -161,11 +193,15 @@ def prompts_for(data, tokenizer) -> tuple[list, dict]:
     return prompts, {"data": "stdlib_test", "corpus_fingerprint": corpus.fingerprint(), "corpus_root": str(corpus.root)}
 
 
-def check_resume(store: RecordStore, arms: list[Arm], run_key: str, run_dir: Path) -> None:
-    """Records already in ``run_dir`` must come from the same model/data/decode settings and policy parameters."""
-    params = {a.label: a.params for a in arms}
+def check_resume(store: RecordStore, plan: RunPlan, run_dir: Path, version: str) -> None:
+    """Records already in ``run_dir`` must come from this package version, the same model/data/decode settings and
+    the same policy parameters; else one line (resume with the same settings, or choose a new directory)."""
+    params = {a.label: a.params for a in plan.arms}
     for r in store.records:
-        if r.get("run_key") != run_key or (r["policy"] in params and r["params"] != params[r["policy"]]):
+        if r.get("specpolicy_version") != version:
+            raise UserError(f"{run_dir} holds records of specpolicy {r.get('specpolicy_version', 'before 0.2')}, not "
+                            f"{version}; allowed: a new hydra.run.dir (results of two versions are not mixed)")
+        if r.get("run_key") != plan.run_key or (r["policy"] in params and r["params"] != params[r["policy"]]):
             raise UserError(
                 f"{run_dir} holds records of another configuration ({r['policy']} on {r['prompt_id']}); "
                 "allowed: the same settings to resume, or a new hydra.run.dir"

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import UserError
+
 __all__ = ["PromptFileError", "read_prompt_file"]
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UserError):
     """A prompt file that is missing, unreadable, malformed or holds an empty prompt."""
 
 

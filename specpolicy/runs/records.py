@@ -20,10 +20,12 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import UserError
+
 __all__ = ["RecordStore", "RunDirError", "append_line", "read_lines"]
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """A results directory that cannot be resumed (a corrupt line before the end, records of another config)."""
 
 

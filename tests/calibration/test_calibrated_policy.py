@@ -91,7 +91,7 @@ def test_calibrated_confidences_reach_the_base_policy_and_the_rest_of_the_state_
     policy = get_policy("calibrated", base="test_spy", calibrator=str(platt_json))
     cal = load_calibrator(platt_json)
     state = StepState(drafts=(4, 8, 15), confidence=(0.9, 0.9, 0.3), entropy=(0.1, 0.2, 0.3), margin=(0.8, 0.7, 0.1),
-                      step=7, position=40, budget=10, num_mtp_layers=2, stats=AcceptanceStats((3,), (2,)),
+                      step=7, position=40, budget=10, native_depths=2, stats=AcceptanceStats((3,), (2,)),
                       last_accepted=1)
     action = policy.decide(state)
     seen = policy.base_policy.seen[-1]
@@ -99,9 +99,9 @@ def test_calibrated_confidences_reach_the_base_policy_and_the_rest_of_the_state_
     assert seen.confidence == pytest.approx(tuple(expected)) and all(type(c) is float for c in seen.confidence)
     assert seen.confidence[0] == pytest.approx(0.9, abs=0.02)  # depth 1 is calibrated already
     assert seen.confidence[1] == pytest.approx(0.81, abs=0.03)  # depth 2: over-confident, P = q^2
-    assert (seen.drafts, seen.entropy, seen.margin, seen.step, seen.position, seen.budget, seen.num_mtp_layers,
+    assert (seen.drafts, seen.entropy, seen.margin, seen.step, seen.position, seen.budget, seen.native_depths,
             seen.stats, seen.last_accepted) == (state.drafts, state.entropy, state.margin, state.step, state.position,
-                                                state.budget, state.num_mtp_layers, state.stats, state.last_accepted)
+                                                state.budget, state.native_depths, state.stats, state.last_accepted)
     assert action == Action.trust([True, False, False])
     # reset and observe are the base's
     outcome = StepOutcome(3, 1, (True, False, False), (True, False), 2)

@@ -195,7 +195,7 @@ def test_error_among_trusted_test_drafts_exceeds_alpha_in_at_most_delta_of_promp
     against a finite batch by ~17% of splits here, as its theory predicts (both noises ~equal: Phi(-1.28 / sqrt 2)).
     ``identity`` is the raw q(d_j); ``isotonic`` is the most flexible map, where in-sample scores would be optimistic.
     """
-    from experiments.calibrate import certify
+    from specpolicy.calibration import certify
 
     rows = _recorded()
     violations, shares = 0, []

@@ -1,5 +1,6 @@
-"""The acceptance rules as pure tensor functions: warping as transformers does it, the speculative-sampling identity
-(accept-or-resample reproduces p exactly), and the relaxed rules' definitions."""
+"""The acceptance rules: warping as transformers does it, the speculative-sampling identity (accept-or-resample
+reproduces p exactly), and the relaxed rules' definitions -- whose tensor form (decoder) and scalar form over
+``p_features`` (replay) must agree on every token."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from specpolicy.decoding.acceptance import draft_features, relaxed_accept, residual, sampling_accept, warp
+from specpolicy.decoding.acceptance import (
+    RELAXED_RULES,
+    PFeatures,
+    draft_features,
+    p_features,
+    relaxed_rule,
+    residual,
+    sampling_accept,
+    warp,
+)
 from specpolicy.policies import AcceptanceRule
 
 
@@ -69,6 +79,15 @@ def test_residual_is_positive_part_of_p_minus_q():
     torch.testing.assert_close(residual(p, q), torch.tensor([1.0, 0.0, 0.0]))
 
 
+def relaxed_accept(rule, p, d):
+    """The tensor form, checked against the scalar form on the same draft (they are one rule)."""
+    impl = relaxed_rule(rule)
+    f = {k: v.item() for k, v in p_features(p, d).items()}
+    tensor, scalar = impl.accept(p, d), impl.accept_features(PFeatures(**f))
+    assert tensor == scalar, (rule, int(d))
+    return tensor
+
+
 def test_typical_rule():
     p = torch.tensor([0.7, 0.2, 0.06, 0.04])
     ent = float(-(p * p.log()).sum())
@@ -86,8 +105,21 @@ def test_topk_rule():
     assert verdicts == [True, True, False, False]
     wide = AcceptanceRule("topk", k=3, delta=2.0)
     assert [bool(relaxed_accept(wide, p, torch.tensor(d))) for d in range(4)] == [True, True, True, False]
-    with pytest.raises(ValueError, match="unknown acceptance rule"):
-        relaxed_accept(AcceptanceRule("nope"), p, torch.tensor(0))
+    with pytest.raises(ValueError, match="unknown acceptance rule 'nope'; allowed: topk, typical"):
+        relaxed_rule(AcceptanceRule("nope"))
+    assert relaxed_rule(None) is None
+
+
+@pytest.mark.parametrize("kind", sorted(RELAXED_RULES))
+@pytest.mark.parametrize("seed", range(20))
+def test_every_rule_tensor_and_scalar_forms_agree(kind, seed):
+    """Every registered rule, on random p (peaked and flat) and every drafted token, random parameters."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.softmax(torch.randn(30, generator=g) * (0.5 + 3 * torch.rand((), generator=g)), -1)
+    eps, delta, k = float(torch.rand((), generator=g)) * 0.3, float(torch.rand((), generator=g)) * 2, seed % 5 + 1
+    rule = AcceptanceRule(kind, eps=eps, delta=delta, k=k)
+    verdicts = [relaxed_accept(rule, p, torch.tensor(d)) for d in range(30)]
+    assert any(verdicts) or kind == "typical"  # the top-1 token always passes top-k
 
 
 def test_draft_features():

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specpolicy.decoding import generate
+from specpolicy.decoding import DraftProbe, generate
 from specpolicy.policies import get_policy
 
 VOCAB = 64  # make_tiny's default vocabulary
@@ -121,27 +121,28 @@ def test_eos_list_and_eos_as_first_token(tiny, hf_ref):
 
 
 @pytest.mark.parametrize("k_layers", [1, 3])
-def test_probe_depth_records_probes_and_keeps_output(tiny, hf_ref, lossless_checks, k_layers):
-    """probe_depth=4 with ``ar``: every step records 4 never-verified drafts; the output is still HF greedy."""
+def test_probe_records_chains_and_keeps_output(tiny, hf_ref, lossless_checks, k_layers):
+    """A ``DraftProbe(4)`` with ``ar``: every step drafts 4 never-verified tokens; the output is still HF greedy."""
     model = tiny(seed=2, k=k_layers)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
-    res = generate(model, prompt, "ar", max_new_tokens=30, probe_depth=4)
+    probe = DraftProbe(4)
+    res = generate(model, prompt, "ar", max_new_tokens=30, probe=probe)
     assert res.token_ids == hf_ref(model, prompt, 30)
     lossless_checks(res, 30)
-    assert res.steps and all(len(s.probe) == 4 and s.drafts == () for s in res.steps)
-    for s in res.steps:
-        assert len(s.probe_confidence) == len(s.probe_entropy) == len(s.probe_margin) == 4
-        assert all(0.0 <= c <= 1.0 for c in s.probe_confidence)
-        assert all(0 <= t < VOCAB for t in s.probe)
-    # the probe at depth 1 is what fixed(k=1) would have drafted from the same state
+    assert res.steps and len(probe.steps) == len(res.steps)
+    for (step, position, m, chain), s in zip(probe.steps, res.steps):
+        assert (step, position, m) == (s.step, s.position, 0) and s.drafts == () and len(chain) == 4
+        assert all(0.0 <= c <= 1.0 and 0 <= d < VOCAB for d, c, _, _ in chain)
+    # the probe's chain is what fixed(k=4) would have drafted from the same state
     fixed = generate(model, prompt, "fixed", k=4, max_new_tokens=30)
     by_position = {s.position: s.drafts for s in fixed.steps}
-    shared = [s for s in res.steps if s.position in by_position and len(by_position[s.position]) == 4]
-    assert shared and all(s.probe == by_position[s.position] for s in shared)
+    shared = [(p, tuple(f[0] for f in c)) for _, p, _, c in probe.steps if len(by_position.get(p, ())) == 4]
+    assert shared and all(chain == by_position[p] for p, chain in shared)
     # probes never change a lossless result of a drafting policy either
-    probed = generate(model, prompt, "fixed", k=2, max_new_tokens=30, probe_depth=5)
+    deep = DraftProbe(5)
+    probed = generate(model, prompt, "fixed", k=2, max_new_tokens=30, probe=deep)
     assert probed.token_ids == res.token_ids
-    assert all(len(s.probe) == 5 - len(s.drafts) for s in probed.steps)
+    assert all(len(c) == 5 - len(s.drafts) and m == len(s.drafts) for (_, _, m, c), s in zip(deep.steps, probed.steps))
 
 
 def test_policy_object_and_name_agree(tiny):

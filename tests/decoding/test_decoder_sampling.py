@@ -1,7 +1,7 @@
 """Speculative sampling preserves the target distribution (and a lossy policy detectably does not).
 
 On a 10-token vocabulary the exact law of the first 3 new tokens under the warped target (temperature, top-k, top-p
-as transformers' logits warpers define them) is enumerated; the decoder is run over many seeds and its empirical
+as transformers' logits warpers define them) is enumerated (``specpolicy.testing.lossless``, the harness users run); the decoder is run over many seeds and its empirical
 law compared with a chi-square test (cells with expected count < 5 merged). Lossless policies must pass (p > 1e-3);
 the same test must reject a lossy policy (p < 1e-6), which shows it has the power to see a wrong distribution.
 
@@ -11,15 +11,12 @@ residual ``norm(max(0, p - q))`` branch are sampled, and q is far enough from p 
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 import pytest
-import torch
-from scipy.stats import chisquare
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from specpolicy.decoding import generate
+from specpolicy.testing.lossless import chi2_pvalue, exact_law
 
 V = 10
 PROMPT = [1, 2, 3]
@@ -45,45 +42,6 @@ CASES = {
 @pytest.fixture(scope="module")
 def model(tiny):
     return tiny(seed=0, k=2, vocab=V, sharpen=25.0, tie=0.5)
-
-
-def exact_law(model, prompt, n, temperature, top_k=0, top_p=1.0) -> dict[tuple[int, ...], float]:
-    """P(first n new tokens = s) under the warped target, by enumerating all V^(n-1) prefixes in one batch."""
-    warpers = [TemperatureLogitsWarper(temperature)]
-    if top_k:
-        warpers.append(TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
-    prefixes = list(itertools.product(range(V), repeat=n - 1))
-    ids = torch.tensor([prompt + list(s) for s in prefixes])  # [V^(n-1), P + n - 1]
-    with torch.no_grad():
-        logits = model.target(input_ids=ids).logits[:, len(prompt) - 1 :]  # [V^(n-1), n, V]
-    probs = []
-    for j in range(n):
-        lj = logits[:, j]
-        for w in warpers:
-            lj = w(None, lj)
-        probs.append(torch.softmax(lj, -1).tolist())
-    law = {}
-    for i, s in enumerate(prefixes):
-        head = 1.0
-        for j, t in enumerate(s):
-            head *= probs[j][i][t]
-        for t in range(V):
-            law[s + (t,)] = head * probs[n - 1][i][t]
-    return law
-
-
-def chi2_pvalue(counts: Counter, law: dict, n: int) -> float:
-    """Chi-square goodness of fit; cells with expected count < 5 (and unseen outcomes) merged into one."""
-    big = [s for s, p in law.items() if p * n >= 5]
-    observed = [counts.get(s, 0) for s in big]
-    expected = [law[s] * n for s in big]
-    rest_obs, rest_exp = n - sum(observed), n - sum(expected)
-    if rest_exp >= 5 or rest_obs > 0:
-        observed.append(rest_obs)
-        expected.append(max(rest_exp, 1e-12))
-    return float(chisquare(observed, expected).pvalue)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specpolicy.decoding import generate
+from specpolicy.decoding import DraftProbe, generate
 from specpolicy.decoding.acceptance import warp
 from specpolicy.models.mtp import mtp_chain_logits
 
@@ -23,9 +23,9 @@ CASES = [
     (3, 2, "threshold", {"tau_extend": 0.2, "k_max": 6}, {}),
     (4, 2, "threshold", {"tau_extend": 0.3, "tau_trust": 0.2, "k_max": 4}, {}),  # trusted tokens
     (5, 2, "typical", {"k": 3}, {}),  # relaxed tokens
-    (0, 2, "entropy", {"max_entropy": 2.0}, {"probe_depth": 6}),
+    (0, 2, "entropy", {"max_entropy": 2.0}, {"probe": 6}),
     (1, 3, "fixed", {"k": 3}, {"temperature": 1.0, "seed": 4}),  # sampled drafts
-    (2, 1, "fixed", {"k": 2}, {"temperature": 0.8, "top_k": 5, "seed": 1, "probe_depth": 4}),
+    (2, 1, "fixed", {"k": 2}, {"temperature": 0.8, "top_k": 5, "seed": 1, "probe": 4}),
 ]
 
 
@@ -40,15 +40,17 @@ def _reference_drafts(model, tokens: list[int], n: int, m: int):
 
 @pytest.mark.parametrize(("seed", "k", "policy", "params", "decode"), CASES)
 def test_drafts_equal_cache_free_chain(tiny, seed, k, policy, params, decode):
+    decode = dict(decode)
     model = tiny(seed=seed, k=k, tie=0.8)
     prompt = [(7 * seed + 3 * i) % 64 for i in range(5 + seed)]
-    res = generate(model, prompt, policy, max_new_tokens=30, **params, **decode)
+    probe = DraftProbe(decode.pop("probe", 0))
+    res = generate(model, prompt, policy, max_new_tokens=30, probe=probe, **params, **decode)
     sample = decode.get("temperature", 0.0) > 0
     warp_kw = {key: decode[key] for key in ("temperature", "top_k", "top_p") if key in decode}
     checked = 0
-    for s in res.steps:
-        chain = list(s.drafts) + list(s.probe)
-        conf = list(s.confidence) + list(s.probe_confidence)
+    for s, (_, _, _, extra) in zip(res.steps, probe.steps):
+        chain = list(s.drafts) + [f[0] for f in extra]
+        conf = list(s.confidence) + [f[1] for f in extra]
         if not chain:
             continue
         committed = prompt + list(res.token_ids[: s.position])

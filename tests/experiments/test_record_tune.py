@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from experiments.record import CONF_DIR, UserError
-from experiments.record import compose as compose_checked
-from experiments.tune import run_tune, validate
+from experiments.common import CONF_DIR, UserError
+from experiments.common import compose as compose_checked
+from experiments.tune import execute as run_tune
+from experiments.tune import validate
 from specpolicy.replay import load_trace, replay, synthetic_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,15 @@ def test_study_settings_must_match_to_resume(tmp_path, syn_path):
     with pytest.raises(UserError, match="trace="):
         run_tune(tune_cfg(f"trace={other}", "study.n_trials=2", "study.remeasure_prompts=0", "study.name=s"),
                  tmp_path)
+    # trials of another objective definition or package version are never mixed into the study
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    for key, old in (("objective_version", 1), ("specpolicy_version", "0.1.0")):
+        saved = study.user_attrs[key]
+        study.set_user_attr(key, old)
+        with pytest.raises(UserError, match=f"was run with {key}={old}"):
+            run_tune(tune_cfg(f"trace={syn_path}", "study.n_trials=2", "study.remeasure_prompts=0", "study.name=s"),
+                     tmp_path)
+        study.set_user_attr(key, saved)
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -78,7 +78,7 @@ def test_bad_input_subprocess(tmp_path, name):
 def test_error_inside_the_job_removes_its_directory(tmp_path):
     """Past the pre-flight check (as in a long sweep), the job itself refuses, and removes the directory Hydra made."""
     out = tmp_path / "runs" / "run" / "job"
-    code = ("import sys, experiments.run as r; r.preflight = lambda argv: None; "
+    code = ("import sys, experiments.run as r; r.preflight = lambda *a, **k: None; "
             f"sys.argv = ['run', 'policy.tau_trust=1.5', 'hydra.run.dir={out}']; r.main()")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=app_env(), capture_output=True, text=True,
                           timeout=300)

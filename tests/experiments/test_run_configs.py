@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -14,7 +13,7 @@ import experiments.run as run_app
 from specpolicy.policies import PolicyParamError, list_policies, policy_class
 from specpolicy.runs.checks import UserError, validate
 
-CONF = Path(run_app.__file__).parent / "conf"
+CONF = run_app.CONF_DIR
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in run_app.GROUPS}
 
 
@@ -40,7 +39,7 @@ def test_policy_file_composes_to_its_class_defaults(name):
         with pytest.raises(UserError):
             validate(cfg)
     else:
-        assert validate(cfg)[-1].name == name
+        assert validate(cfg).arms[-1].name == name
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts if g != "policy"])

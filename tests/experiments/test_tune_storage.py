@@ -19,8 +19,8 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 
-from experiments.record import CONF_DIR
-from experiments.tune import run_tune
+from experiments.common import CONF_DIR
+from experiments.tune import execute as run_tune
 from specpolicy.replay import synthetic_trace
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,42 +1,21 @@
-"""A tiny random MTP model whose drafts are often, not always, right; and a trace recorded from it.
-
-float64, so block forwards and one-token forwards agree to the last bit that matters for an argmax. The shared LM
-head is sharpened (p and q peaked, as in a trained model) and each MTP layer's ``eh_proj`` is pulled towards
-``[I, 0]`` (pass the token embedding through), so the target is close to a bigram model and the drafter guesses its
-next token well: acceptance is realistic (~40-70% at depth 1), which exercises accepted AND rejected drafts.
+"""A tiny random MTP model whose drafts are often, not always, right (``specpolicy.testing.small_model``, float64,
+vocabulary 96, head sharpened x15, drafter tied at 0.9: acceptance ~40-70% at depth 1, which exercises accepted AND
+rejected drafts); and prompts for it.
 """
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
-from specpolicy.models.loading import TinyConfig, build_mtp_model
+from specpolicy.testing import small_model
 
 VOCAB = 96
 
 
-@functools.lru_cache(maxsize=4)
 def tiny_model(seed: int = 0, eos_token_id: int | None = None, sharpen: float = 15.0, tie: float = 0.9):
-    cfg = TinyConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, intermediate_size=64, num_mtp_layers=2,
-                     max_position_embeddings=512).to_hf(eos_token_id=eos_token_id)
-    model = build_mtp_model(cfg, seed=seed)
-    model.target.double()
-    model.drafter.double()
-    hidden = cfg.hidden_size
-    with torch.no_grad():
-        model.target.get_output_embeddings().weight.mul_(sharpen)
-        for layer in model.target.get_decoder().layers:
-            layer.self_attn.o_proj.weight.mul_(0.5)
-            layer.mlp.down_proj.weight.mul_(0.5)
-        for layer in model.drafter.layers:
-            w = layer.eh_proj.weight  # [H, 2H]: input [enorm(emb(t)), hnorm(h)]
-            w.mul_(1.0 - tie)
-            w[:, :hidden] += tie * torch.eye(hidden, dtype=w.dtype)
-    return model
+    return small_model(seed, k=2, vocab=VOCAB, sharpen=sharpen, tie=tie, eos_token_id=eos_token_id,
+                       max_positions=512)
 
 
 def random_prompts(n: int, length: int = 12, seed: int = 0) -> list[list[int]]:

@@ -12,7 +12,6 @@ import zlib
 import optuna
 import pytest
 
-from experiments.record import record_trace
 from specpolicy import generate
 from specpolicy.policies import Action, Policy, StepOutcome, get_policy, list_policies, policy_class
 from specpolicy.replay import (
@@ -22,6 +21,7 @@ from specpolicy.replay import (
     side_by_side,
     summarise_generations,
 )
+from specpolicy.replay.record import record_trace
 from specpolicy.replay.simulate import NOTE_CAPPED
 
 N, K = 24, 6

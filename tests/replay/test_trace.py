@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.record import eos_ignored, record_trace
 from specpolicy import generate
-from specpolicy.replay import CostModel, TraceError, load_trace, replay, rows_from_steps, synthetic_trace
+from specpolicy.replay import ChainProbe, CostModel, TraceError, load_trace, replay, synthetic_trace
+from specpolicy.replay.record import eos_ignored, record_trace
 
 N, K = 12, 4
 
@@ -81,10 +81,14 @@ def test_load_errors(tmp_path):
         load_trace(tmp_path / "plain.safetensors")
 
 
-def test_rows_from_steps_rejects_non_probe_steps(model, prompts):
-    res = generate(model, prompts[0], "fixed", k=2, max_new_tokens=6)
-    with pytest.raises(TraceError, match="not an ar step"):
-        rows_from_steps(res.steps, 6, 2)
+def test_chain_probe_refuses_a_drafting_policy_and_missing_rows(model, prompts):
+    with pytest.raises(TraceError, match="record with a policy that never drafts"):
+        generate(model, prompts[0], "fixed", k=2, max_new_tokens=6, probe=ChainProbe(2))
+    probe = ChainProbe(2)
+    generate(model, prompts[0], "ar", max_new_tokens=6, probe=probe)
+    assert probe.arrays(6)["draft"].shape == (5, 2)
+    with pytest.raises(TraceError, match="steps cover 5 of 7 positions"):
+        probe.arrays(8)
 
 
 def test_eos_is_ignored_while_recording_and_restored(model):
@@ -116,3 +120,18 @@ def test_synthetic_trace_is_consistent():
     with pytest.raises(TraceError, match="shape"):
         type(tr)(tr.prompt_ids, tr.tokens, tr.draft[:, :-1], tr.q, tr.entropy, tr.margin, tr.target_chain,
                  tr.p_draft, tr.p_rank, tr.p_top1, tr.p_entropy, tr.cost)
+
+
+def test_a_trace_of_another_format_version_is_refused(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path = synthetic_trace(2, 8, 2, seed=0).save(tmp_path / "t.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        header = json.loads(f.metadata()["specpolicy_trace"])
+    header["version"] = 0
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={"specpolicy_trace": json.dumps(header)})
+    with pytest.raises(TraceError, match="has version 0 .* allowed: version 1"):
+        load_trace(tmp_path / "old.safetensors")

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from specpolicy.runs.arms import plan_arms, rotate
+from specpolicy.decoding.harness import rotation
+from specpolicy.runs.arms import plan_arms
 from specpolicy.runs.checks import UserError, check_data, check_model, remove_if_empty, validate
 
 
@@ -52,12 +53,18 @@ class Cfg:
     bootstrap: int = 100
 
 
-def test_validate_returns_arms_with_full_params():
-    arms = validate(Cfg(policy=Policy(name="threshold", tau_trust=0.9)))
+def test_validate_returns_the_plan_with_full_params():
+    plan = validate(Cfg(policy=Policy(name="threshold", tau_trust=0.9)))
+    arms = plan.arms
     assert [a.label for a in arms] == ["ar", "fixed", "threshold"]
     assert arms[-1].params == {"tau_extend": 0.5, "tau_trust": 0.9, "k_max": 6}
     assert arms[1].params == {"k": 6}  # fixed at the policy's k_max
-    assert [a.label for a in validate(Cfg(baselines=False))] == ["threshold"]
+    assert [a.label for a in validate(Cfg(baselines=False)).arms] == ["threshold"]
+    assert plan.generate_kw == {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_draft": 16} and not plan.sampling
+    assert plan.model.path == "tiny" and plan.data.n_prompts == 2 and plan.decode.max_new_tokens == 8
+    other = validate(Cfg(decode=Decode(max_new_tokens=9)))
+    assert len(plan.run_key) == 16 and other.run_key != plan.run_key  # records of other settings do not mix
+    assert validate(Cfg(threads=1)).run_key == plan.run_key  # threads do not change what is decoded
 
 
 @pytest.mark.parametrize(
@@ -98,7 +105,7 @@ def test_arms_dedupe_and_rotate():
     assert [a.label for a in plan_arms("ar", {})] == ["fixed", "ar"]
     assert plan_arms("heuristic", {})[1].params == {"k": 4}  # k_init before k_max
     arms = plan_arms("threshold", {})
-    orders = [[a.label for a in rotate(arms, i)] for i in range(3)]
+    orders = [rotation([a.label for a in arms], i) for i in range(3)]
     assert [o[0] for o in orders] == ["ar", "fixed", "threshold"]  # each policy goes first in turn
 
 
@@ -116,3 +123,23 @@ def test_remove_if_empty_only_removes_what_hydra_wrote(tmp_path, monkeypatch):
     assert not remove_if_empty(keep)
     assert (keep / "records.jsonl").exists() and (keep / ".hydra").exists()
     assert not remove_if_empty(tmp_path / "absent")
+
+
+def test_a_resumed_run_refuses_records_of_another_version_or_configuration(tmp_path):
+    from specpolicy import __version__
+    from specpolicy.runs import RecordStore, runner
+
+    plan = validate(Cfg())
+    record = {"prompt_id": "a.py:1", "policy": "ar", "params": plan.arms[0].params, "run_key": plan.run_key,
+              "specpolicy_version": __version__}
+    (tmp_path / "ok").mkdir()
+    RecordStore(tmp_path / "ok").add(record, steps=[])
+    assert runner.open_store(tmp_path / "ok", plan).done == {("a.py:1", "ar")}  # same version and settings: resume
+    for name, changes, match in (("old", {"specpolicy_version": "0.1.0"}, "records of specpolicy 0.1.0"),
+                                 ("unversioned", {"specpolicy_version": None}, "records of specpolicy before 0.2"),
+                                 ("other", {"run_key": "0" * 16}, "records of another configuration")):
+        rec = {k: v for k, v in {**record, **changes}.items() if v is not None}
+        (tmp_path / name).mkdir()
+        RecordStore(tmp_path / name).add(rec, steps=[])
+        with pytest.raises(UserError, match=match):
+            runner.open_store(tmp_path / name, plan)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ..models.mtp import mtp_chain_logits
+from .mtp import mtp_chain_logits
 
 
 @torch.no_grad()

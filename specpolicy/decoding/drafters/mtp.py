@@ -1,0 +1,75 @@
+"""The MTP drafter (DeepSeek-V3 style): one KV cache and one hidden-state history per draft depth, kept valid across
+steps.
+
+Depth j at index i reads ``emb(t_{i+j})`` and ``h^{j-1}_i`` (``h^0`` = target final hidden state) and predicts
+``t_{i+j+1}`` (see ``specpolicy.models.mtp``). With the last committed token at index n, the frontier index is
+``f = n - 1``; drafting depth j first processes the pending indices ``[L_j, f]`` in one call (catch-up after
+accepted tokens, or after the policy stopped short of this depth), then reads d_j off the last row.
+
+After a step commits up to index n', an entry (j, i) stays valid iff every token it read is committed: i + j <= n'-1.
+So ``crop(n')`` keeps ``min(L_j, n' - j)`` entries per depth. Depths past the K MTP layers re-use the last layer's
+weights with a cache of their own, exactly as the model was trained.
+
+Example:
+    >>> res = generate(model, "def f(", "fixed", k=3, drafter=MTPDrafter(model.drafter))   # the default drafter
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from ...models.mtp import layer_for_depth, mtp_logits
+
+__all__ = ["MTPDrafter"]
+
+
+class MTPDrafter:
+    """The ``Drafter`` of a transformers ``MtpModel``: per-depth caches, cropped to the committed prefix."""
+
+    name = "mtp"
+
+    def __init__(self, mtp) -> None:
+        self.mtp = mtp
+        self.native_depths = len(mtp.layers)
+        self.caches: list[DynamicCache] = []  # depth j -> caches[j-1]
+        self.hist: list[torch.Tensor | None] = [None]  # hist[j]: [1, L_j, H] outputs of depth j; hist[0] = h^0
+
+    def begin(self, tokens: torch.Tensor, n: int, hidden: torch.Tensor) -> None:
+        self.caches, self.hist = [], [hidden]
+
+    def advance(self, hidden: torch.Tensor) -> None:
+        """Append target final hidden states [1, m+1, H] of the verified block."""
+        self.hist[0] = torch.cat([self.hist[0], hidden], dim=1)
+
+    def length(self, depth: int) -> int:
+        h = self.hist[depth] if depth < len(self.hist) else None
+        return 0 if h is None else h.shape[1]
+
+    def draft(self, depth: int, tokens: torch.Tensor, n: int) -> torch.Tensor:
+        """Logits [V] of d_depth. tokens: [1, >= n + depth] committed t_0..t_n followed by d_1..d_{depth-1}."""
+        frontier = n - 1
+        while len(self.caches) < depth:
+            self.caches.append(DynamicCache(config=self.mtp.config))
+            self.hist.append(None)
+        lo = self.length(depth)  # pending indices lo..frontier
+        h_prev = self.hist[depth - 1][:, lo : frontier + 1]  # [1, n, H]
+        pos = torch.arange(lo + depth, frontier + depth + 1, device=tokens.device)[None]  # RoPE positions i + j
+        h = self.mtp.forward_layer(
+            layer_for_depth(depth, self.native_depths), h_prev, pos, self.caches[depth - 1],
+            input_ids=tokens[:, lo + depth : frontier + depth + 1],
+        )
+        self.hist[depth] = h if self.hist[depth] is None else torch.cat([self.hist[depth], h], dim=1)
+        return mtp_logits(self.mtp, h[:, -1])[0]
+
+    def crop(self, n: int) -> None:
+        """Drop every entry that read a token past the committed prefix (last committed index n)."""
+        h0 = self.hist[0]
+        if h0 is not None and h0.shape[1] > n:
+            self.hist[0] = h0[:, :n]
+        for j in range(1, len(self.hist)):
+            length = self.length(j)
+            keep = max(0, min(length, n - j))
+            if keep < length:
+                self.hist[j] = self.hist[j][:, :keep]
+                self.caches[j - 1].crop(keep - length)

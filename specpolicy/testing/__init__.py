@@ -1,0 +1,26 @@
+"""The harness users run on their own policy and drafter: is it well-behaved, and is it really lossless?
+
+    check_policy(policy)                           the contract: well-formed actions within the budget, termination,
+                                                   determinism, no state leak across reset, an honest ``lossless``
+                                                   flag, a search space that samples valid parameters
+    check_lossless(policy, drafter=None, model=None)
+                                                   greedy: token for token ``target.generate(do_sample=False)`` on
+                                                   small float64 models (and on ``model``); sampling: a chi-square
+                                                   test of the first tokens' law, with a power check
+    small_model(...)                               the small float64 MTP models the checks use
+
+No model is downloaded: the harness builds its own models. The project's own contract tests run both over every
+registered policy.
+
+Example:
+    >>> from specpolicy.testing import check_lossless, check_policy
+    >>> check_policy(MyPolicy())
+    >>> check_lossless(MyPolicy(), drafter=lambda model: MyDrafter(model))
+"""
+
+from .contract import check_action, check_policy, random_state, simulate
+from .lossless import LosslessReport, check_lossless, exact_compare, greedy_accounting, hf_greedy
+from .models import shape_model, small_model
+
+__all__ = ["LosslessReport", "check_action", "check_lossless", "check_policy", "exact_compare", "greedy_accounting",
+           "hf_greedy", "random_state", "shape_model", "simulate", "small_model"]
