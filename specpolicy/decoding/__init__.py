@@ -11,9 +11,9 @@
 """
 
 from .decoder import DecodeError, generate
-from .drafters import Drafter, MTPDrafter, drafter_for
+from .drafters import Drafter, MTPDrafter, NgramDrafter, drafter_for
 from .probe import DraftProbe
 from .result import PROVENANCE, GenerationResult, GenerationStats, StepRecord
 
-__all__ = ["DecodeError", "DraftProbe", "Drafter", "MTPDrafter", "drafter_for", "generate", "PROVENANCE", "GenerationResult",
+__all__ = ["DecodeError", "DraftProbe", "Drafter", "MTPDrafter", "NgramDrafter", "drafter_for", "generate", "PROVENANCE", "GenerationResult",
            "GenerationStats", "StepRecord"]

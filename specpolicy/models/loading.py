@@ -158,17 +158,86 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path  # a hub id: transformers resolves (and downloads) it
 
 
-def load_model(name_or_path: str = "tiny", device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
-    """Load target + MTP drafter + tokenizer.
+DRAFTER_KINDS = ("mtp", "medusa", "draft", "ngram")
 
-    ``name_or_path``: ``"tiny"`` (embedded), a local checkpoint directory or a hub id whose config has
-    ``num_mtp_layers`` (DeepSeek-V3, GLM-4.5, ...). ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA.
 
-    >>> model = load_model("tiny"); model.target, model.drafter.layers[0], model.tokenizer
+class CheckpointError(UserError):
+    """Weights that cannot be used: a truncated or corrupt file, a checkpoint without its MTP tensors, heads or a
+    draft model made for another target (hidden size / vocabulary). One line: what and where, what is allowed."""
+
+
+class DrafterSpecError(UserError):
+    """A ``drafter=`` that names no known kind of drafter (one line, with a did-you-mean)."""
+
+
+def parse_drafter_spec(spec: str) -> tuple[str, str]:
+    """``"mtp"`` | ``"medusa"`` | ``"medusa:<dir>"`` | ``"draft"`` | ``"draft:<path or hub id>"`` | ``"ngram"`` ->
+    (kind, argument). ``medusa`` / ``draft`` without an argument mean the heads / draft model shipped with (or
+    saved beside) the target.
+
+    Example:
+        >>> parse_drafter_spec("draft:runs/draft_model")
+        ('draft', 'runs/draft_model')
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import difflib
+
+    kind, _, arg = str(spec).partition(":")
+    if kind not in DRAFTER_KINDS:
+        close = difflib.get_close_matches(kind, DRAFTER_KINDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ";"
+        raise DrafterSpecError(f"unknown drafter {spec!r}{hint} allowed: mtp, medusa[:<dir>], draft[:<path or id>], "
+                               "ngram")
+    if arg and kind in ("mtp", "ngram"):
+        raise DrafterSpecError(f"drafter {spec!r}: {kind} takes no argument; allowed: {kind}")
+    return kind, arg
+
+
+def _load_mtp(target, path: str, arg: str, device, dtype, dmap, name_or_path: str):
+    """The MTP layers of the checkpoint (transformers' ``MtpModel.from_pretrained``)."""
     from transformers.modeling_layers import MtpModel
 
+    text_cfg = target.config.get_text_config()
+    k = getattr(text_cfg, "num_mtp_layers", None)
+    if not k:
+        raise ModelNotFoundError(f"model {name_or_path!r} has no MTP layers (config.num_mtp_layers is unset); "
+                                 "allowed: drafter=medusa, draft:<path> or ngram for a model without them")
+    if not target._keys_to_ignore_on_load_unexpected:
+        # Architectures without registered MTP key patterns (our Llama-based tiny model): DeepSeek layout.
+        target._keys_to_ignore_on_load_unexpected = _mtp_key_patterns(text_cfg.num_hidden_layers, k)
+    return MtpModel.from_pretrained(target, device_map=dmap).to(device).to(dtype).eval()
+
+
+def _load_drafter(kind: str, target, tokenizer, path: str, arg: str, device, dtype, dmap, name_or_path: str):
+    if kind == "mtp":
+        return _load_mtp(target, path, arg, device, dtype, dmap, name_or_path)
+    if kind == "medusa":
+        from .medusa import load_medusa_heads
+
+        return load_medusa_heads(target, path, arg, device, dtype)
+    if kind == "draft":
+        from .draft_model import load_draft_model
+
+        return load_draft_model(target, tokenizer, path, arg, device, dtype)
+    return None  # ngram: model-free
+
+
+def load_model(name_or_path: str = "tiny", device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+               drafter: str = "mtp"):
+    """Load target + drafter + tokenizer.
+
+    ``name_or_path``: ``"tiny"`` (embedded), a local checkpoint directory or a hub id. ``drafter``: ``"mtp"`` (the
+    checkpoint's MTP layers: its config has ``num_mtp_layers``, DeepSeek-V3, GLM-4.5, ...), ``"medusa"`` /
+    ``"medusa:<dir>"`` (Medusa heads), ``"draft"`` / ``"draft:<path or id>"`` (a separate draft model sharing the
+    tokenizer) or ``"ngram"`` (prompt lookup, model-free); see ``parse_drafter_spec``. ``dtype`` defaults to float32
+    on CPU and bfloat16 on CUDA.
+
+    >>> model = load_model("tiny"); model.target, model.drafter.layers[0], model.tokenizer
+    >>> load_model("tiny", drafter="ngram").drafter_name
+    'ngram'
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, arg = parse_drafter_spec(drafter)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -180,19 +249,12 @@ def load_model(name_or_path: str = "tiny", device: str | torch.device = "cpu", d
     with _quiet_transformers():
         # device_map needs accelerate; for CPU (and when it is missing) load, then move
         dmap = {"": device} if device.type != "cpu" and _has_accelerate() else None
-        target = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=dmap).to(device)
-        text_cfg = target.config.get_text_config()
-        k = getattr(text_cfg, "num_mtp_layers", None)
-        if not k:
-            raise ModelNotFoundError(f"model {name_or_path!r} has no MTP layers (config.num_mtp_layers is unset)")
-        if not target._keys_to_ignore_on_load_unexpected:
-            # Architectures without registered MTP key patterns (our Llama-based tiny model): DeepSeek layout.
-            target._keys_to_ignore_on_load_unexpected = _mtp_key_patterns(text_cfg.num_hidden_layers, k)
-        drafter = MtpModel.from_pretrained(target, device_map=dmap).to(device)
+        target = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=dmap).to(device).eval()
         local = Path(path).exists()
         has_tok = not local or any((Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = AutoTokenizer.from_pretrained(path) if has_tok else None
+        module = _load_drafter(kind, target, tokenizer, path, arg, device, dtype, dmap, name_or_path)
     card_path = Path(path) / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     name = name_or_path if name_or_path in EMBEDDED else Path(path).name
-    return MTPModel(target.eval(), drafter.to(dtype).eval(), tokenizer, name=name, card=card)
+    return MTPModel(target, module, tokenizer, name=name, card=card, drafter_name=kind, drafter_arg=arg)

@@ -20,17 +20,22 @@ from torch import nn
 
 @dataclass
 class MTPModel:
-    """What research code holds: ``model.target`` (causal LM), ``model.drafter`` (MtpModel), ``model.tokenizer``."""
+    """What research code holds: ``model.target`` (causal LM), ``model.drafter`` (the drafter's weights: an MtpModel,
+    Medusa heads, a draft model, or None for prompt lookup), ``model.tokenizer``; ``drafter_name`` says which kind
+    (``decoding.drafters.drafter_for`` builds the drafter from it) and ``drafter_arg`` where it came from."""
 
     target: nn.Module
-    drafter: nn.Module
+    drafter: nn.Module | None
     tokenizer: object
     name: str = "custom"
     card: dict = field(default_factory=dict)
+    drafter_name: str = "mtp"
+    drafter_arg: str = ""
 
     @property
     def num_mtp_layers(self) -> int:
-        return len(self.drafter.layers)
+        """K MTP layers (0 for another kind of drafter)."""
+        return len(self.drafter.layers) if self.drafter_name == "mtp" else 0
 
     @property
     def device(self) -> torch.device:
@@ -45,11 +50,13 @@ class MTPModel:
         return getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer is not None else None
 
     def fingerprint(self) -> str:
-        """Short id of the weights: model name + card's sha (or parameter count for unnamed models)."""
+        """Short id of the weights: model name + card's sha (or parameter count for unnamed models). The target's:
+        traces and calibrators name their drafter separately (``drafter_name``)."""
         sha = self.card.get("weights_sha256")
         if sha:
             return f"{self.name}:{sha[:16]}"
-        n = sum(p.numel() for p in self.target.parameters()) + sum(p.numel() for p in self.drafter.parameters())
+        drafter = self.drafter.parameters() if self.drafter is not None and self.drafter_name == "mtp" else ()
+        n = sum(p.numel() for p in self.target.parameters()) + sum(p.numel() for p in drafter)
         return f"{self.name}:params={n}"
 
 

@@ -1,18 +1,53 @@
-"""Drafters: the ``Drafter`` protocol (``base``) and its implementations (``mtp``: DeepSeek-V3 style MTP layers).
+"""Drafters: the ``Drafter`` protocol (``base``) and its implementations, one module each, registered by kind:
 
-``drafter_for(model)`` builds a fresh drafter for one of ``load_model``'s models (its MTP layers today).
+    mtp      DeepSeek-V3 style MTP layers (per-depth caches)              ``mtp.MTPDrafter``
+    medusa   Medusa-1 heads on the target's last hidden state             ``medusa.MedusaDrafter``
+    draft    a separate small causal LM with its own KV cache              ``draft_model.DraftModelDrafter``
+    ngram    prompt lookup, model-free                                     ``ngram.NgramDrafter``
+
+``drafter_for(model)`` builds a fresh drafter for a model from ``load_model`` (its ``drafter_name`` says which kind;
+``model.drafter`` holds the weights).
 
 Example:
     >>> d = drafter_for(load_model("tiny")); d.name, d.native_depths
     ('mtp', 2)
 """
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
 from .base import Drafter, check_drafter
 from .mtp import MTPDrafter
+from .ngram import NgramDrafter
 
-__all__ = ["Drafter", "MTPDrafter", "check_drafter", "drafter_for"]
+__all__ = ["DRAFTERS", "Drafter", "MTPDrafter", "NgramDrafter", "check_drafter", "drafter_for", "register_drafter"]
+
+DRAFTERS: dict[str, Callable] = {}  # kind -> factory(model) -> Drafter
+
+
+def register_drafter(kind: str):
+    """Decorator: ``factory(model) -> Drafter`` builds the drafter of models whose ``drafter_name`` is ``kind``."""
+    def deco(factory):
+        if kind in DRAFTERS:
+            raise ValueError(f"drafter kind {kind!r} is already registered")
+        DRAFTERS[kind] = factory
+        return factory
+
+    return deco
 
 
 def drafter_for(model) -> Drafter:
-    """The drafter of a loaded model (``model.drafter`` holds its weights), fresh for one generation at a time."""
-    return MTPDrafter(model.drafter)
+    """A fresh drafter for ``model`` (one generation at a time), by its ``drafter_name``."""
+    kind = getattr(model, "drafter_name", "mtp")
+    try:
+        return DRAFTERS[kind](model)
+    except KeyError:
+        close = difflib.get_close_matches(str(kind), DRAFTERS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ";"
+        raise ValueError(f"no drafter registered for kind {kind!r}{hint} allowed: {', '.join(DRAFTERS)}") from None
+
+
+register_drafter("mtp")(lambda model: MTPDrafter(model.drafter))
+register_drafter("ngram")(lambda model: NgramDrafter(model.target.config.get_text_config().vocab_size))
