@@ -27,7 +27,16 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.common import CONF_DIR, DataConf, ModelConf, UserError, parse_policy_spec, preflight, run_task
+from experiments.common import (
+    CONF_DIR,
+    DataConf,
+    DrafterConf,
+    ModelConf,
+    UserError,
+    parse_policy_spec,
+    preflight,
+    run_task,
+)
 
 LOSSLESS = [
     ("ar", {}), ("fixed", {"k": 2}), ("fixed", {"k": 3}), ("fixed", {"k": 4}), ("fixed", {"k": 5}), ("fixed", {"k": 6}),
@@ -39,6 +48,7 @@ MODES = ("speed", "memory")
 @dataclass
 class BenchConfig:
     model: ModelConf = field(default_factory=ModelConf)
+    drafter: DrafterConf = field(default_factory=DrafterConf)
     data: DataConf = field(default_factory=DataConf)
     mode: str = "speed"  # speed | memory
     new_tokens: int = 128
@@ -67,6 +77,7 @@ def validate(cfg) -> dict:
         if not ok:
             raise UserError(message)
     checks.check_model(cfg.model)
+    checks.drafter_spec(cfg.drafter)
     checks.check_data(cfg.data)
     policies = dict(parse_policy_spec(s) for s in cfg.policies)
     if "ar" not in policies:
@@ -95,12 +106,13 @@ def speed(cfg, policies: dict) -> dict:
     from specpolicy.runs import checks
 
     torch.set_num_threads(cfg.threads)
-    model = checks.load(cfg.model)
+    model = checks.load(cfg.model, cfg.drafter)
     prompts, data_info = checks.prompts_for(cfg.data, model.tokenizer)
     runners = {label: policy_runner(model, (lambda p=p: p)) for label, p in policies.items()}
     if cfg.hf_baselines:
         runners["hf_generate"] = _hf_runner(model)
-        runners["hf_generate_mtp"] = _hf_runner(model, use_mtp=True)
+        if model.drafter_name == "mtp":
+            runners["hf_generate_mtp"] = _hf_runner(model, use_mtp=True)
     times = {n: [0.0] * cfg.repeats for n in runners}
     outputs: dict[str, list] = {n: [None] * len(prompts) for n in runners}
     forwards = {n: 0 for n in runners}
@@ -125,7 +137,7 @@ def speed(cfg, policies: dict) -> dict:
                                    "c": {m: cost.c(m) for m in range(1, len(t) + 1)},
                                    "mtp_step_s": cost.t_mtp, "mtp_step_rel": cost.t_mtp / t[0]},
             "n_prompts": len(prompts), "data": data_info, "new_tokens": cfg.new_tokens, "repeats": cfg.repeats,
-            "threads": torch.get_num_threads(), "model": model.fingerprint(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "model": model.fingerprint(), "drafter": model.drafter_name, "torch": torch.__version__,
             "cpu": _cpu_name()}
 
 
@@ -201,7 +213,7 @@ def app(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    preflight("bench", validate, ("model", "data"))
+    preflight("bench", validate, ("model", "drafter", "data"))
     app()
 
 

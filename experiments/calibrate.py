@@ -10,8 +10,9 @@
 
 It decodes ``n_prompts`` prompts of the corpus split ``data_split`` (seed ``data_seed``, not the runner's seed 0) with
 ``fixed`` k=6, greedy, and writes ``<name>.json`` for identity, temperature, platt and isotonic into
-``specpolicy/models/assets/tiny/calibrators/`` (``SHIPPED_DIR``), which ``policy=calibrated calibrator=<name>``
-reads. Each shipped file records its provenance (weights hash, data, evaluation ECE). About 2-3 minutes on 2 cores.
+``specpolicy/models/assets/tiny/calibrators/<drafter>/`` (``SHIPPED_DIR``), which ``policy=calibrated
+calibrator=<name> policy.drafter=<drafter>`` reads (``drafter=medusa|draft|ngram`` calibrates another drafter:
+calibrators belong to one drafter and are refused for another). Each shipped file records its provenance (weights hash, data, evaluation ECE). About 2-3 minutes on 2 cores.
 
 What it does: one row per judged draft (``specpolicy.calibration.data``); prompts split into a calibration and an
 evaluation half (``split_by_prompt``); each calibrator fitted per depth on the calibration half; raw q and every
@@ -63,6 +64,7 @@ class CalibrateConfig:
     source: str = "collect"  # "collect": decode prompts now; or a run directory holding steps.parquet
     policy: Any = None  # source=<run dir>: use only this policy label's rows (null: all)
     model: str = "tiny"  # source=collect: "tiny", a checkpoint directory or hub id
+    drafter: str = "mtp"  # source=collect: mtp | medusa[:<dir>] | draft[:<path>] | ngram (calibrators belong to it)
     n_prompts: int = 128  # source=collect (64 calibrate, 64 evaluate: ECE at depth 1 within ~0.01)
     prompt_tokens: int = 64
     max_new_tokens: int = 128
@@ -121,6 +123,9 @@ def check(cfg: CalibrateConfig) -> None:
             rows_from_run(cfg.source)  # raises the one-line reason
         except CalibrationDataError as err:
             raise UserError(f"source={cfg.source}: {err}") from None
+    from specpolicy.runs.checks import drafter_spec
+
+    drafter_spec(cfg.drafter)
     if cfg.install:
         model, temperature = _source_settings(cfg)
         if model != "tiny" or temperature != 0:
@@ -157,7 +162,7 @@ def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict]:
 
     torch.set_num_threads(cfg.threads)
     try:
-        model = load_model(cfg.model)
+        model = load_model(cfg.model, drafter=cfg.drafter)
     except (ModelNotFoundError, OSError) as err:
         raise UserError(f"model={cfg.model} could not be loaded: {str(err).splitlines()[0]}") from None
     corpus = load_corpus()
@@ -169,7 +174,8 @@ def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict]:
     t0 = time.perf_counter()
     rows = collect(model, prompts, "fixed", k=cfg.k, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, progress=True)
-    info = {"source": "collect", "model": cfg.model, "weights_sha256": model.card.get("weights_sha256"),
+    info = {"source": "collect", "model": cfg.model, "drafter": model.drafter_name,
+            "weights_sha256": model.card.get("weights_sha256"),
             "corpus_fingerprint": corpus.fingerprint(), "data_split": cfg.data_split, "data_seed": cfg.data_seed,
             "policy": f"fixed(k={cfg.k})", "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
             "threads": cfg.threads, "collect_s": round(time.perf_counter() - t0, 1)}
@@ -194,6 +200,7 @@ def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
     rows.to_parquet(run_dir / "rows.parquet", index=False)
     (run_dir / "calibrators").mkdir(exist_ok=True)
     split_info = out.split_info
+    source_info = {**source_info, "drafter": _drafter_of(cfg)}
     for name, c in out.calibrators.items():
         _save(c, run_dir / "calibrators" / f"{name}.json", {**source_info, "split": split_info,
               "fitted_on": "calibration", "label": label_col, "eval_ece_uniform": out.ece["raw" if name == "identity"
@@ -208,17 +215,27 @@ def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
 
         report["figures"] = [p.name for p in write_reliability_figures(run_dir, n_bins=cfg.n_bins)]
     if cfg.install:
-        SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
-        report["installed"] = [str(shutil.copy2(run_dir / "calibrators" / f"{n}.json", SHIPPED_DIR / f"{n}.json"))
+        target_dir = SHIPPED_DIR / _drafter_of(cfg)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        report["installed"] = [str(shutil.copy2(run_dir / "calibrators" / f"{n}.json", target_dir / f"{n}.json"))
                                for n in out.calibrators]
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
 
 
+def _drafter_of(cfg: CalibrateConfig) -> str:
+    """The kind of drafter the rows come from: this config's (collect), or the run directory's config.yaml."""
+    if cfg.source == "collect":
+        return cfg.drafter.partition(":")[0]
+    run_cfg = Path(cfg.source) / "config.yaml"
+    return str(OmegaConf.select(OmegaConf.load(run_cfg), "drafter.name", default="mtp")) if run_cfg.is_file() \
+        else "mtp"
+
+
 def _save(cal: Calibrator, path: Path, provenance: dict) -> None:
     """``Calibrator.save`` plus a ``provenance`` entry (``load_calibrator`` ignores unknown keys)."""
-    data = {**cal.to_dict(), "provenance": provenance}
+    data = {**cal.to_dict(), "drafter": provenance["drafter"], "provenance": provenance}
     path.write_text(json.dumps(data, indent=1, allow_nan=False, default=str) + "\n")
 
 

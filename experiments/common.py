@@ -32,7 +32,7 @@ from specpolicy.errors import UserError
 from specpolicy.policies import PolicyParamError, UnknownPolicyError, list_policies, policy_class
 from specpolicy.runs.checks import remove_if_empty
 
-__all__ = ["CONF_DIR", "USER_ERRORS", "DataConf", "DecodeConf", "ModelConf", "TraceConf", "UserError", "check_choice",
+__all__ = ["CONF_DIR", "USER_ERRORS", "DataConf", "DecodeConf", "DrafterConf", "ModelConf", "TraceConf", "UserError", "check_choice",
            "check_recording", "compose", "fail", "one_line", "options", "parse_policy_spec", "policy_schema", "preflight", "record_into", "run_task"]
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -45,6 +45,17 @@ class ModelConf:
     path: str = "tiny"  # "tiny" (embedded), a checkpoint directory with MTP layers, or a hub id "org/name"
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda if available)
     dtype: Any = None  # float32 | float16 | bfloat16 | float64 | null (float32 on CPU, bfloat16 on CUDA)
+
+
+@dataclass
+class DrafterConf:
+    name: str = "mtp"  # mtp | medusa | draft | ngram
+    path: str = ""  # medusa: heads directory, draft: a draft model (dir or hub id); "": the ones shipped beside the model
+
+    @property
+    def spec(self) -> str:
+        """The ``load_model(drafter=...)`` string."""
+        return f"{self.name}:{self.path}" if self.path else self.name
 
 
 @dataclass
@@ -89,11 +100,12 @@ def check_recording(cfg) -> None:
         if not ok:
             raise UserError(message)
     checks.check_model(cfg.model)
+    checks.drafter_spec(cfg.get("drafter") if hasattr(cfg, "get") else getattr(cfg, "drafter", None))
     checks.check_data(cfg.data)
 
 
 def record_into(cfg, out: Path):
-    """Record the trace that ``cfg`` (model, data, threads and the ``TraceConf`` fields) describes into ``out``:
+    """Record the trace that ``cfg`` (model, drafter, data, threads and the ``TraceConf`` fields) describes into ``out``:
     ``experiments.record`` does this, and ``experiments.tune`` when it is given no trace."""
     import torch
     from omegaconf import OmegaConf
@@ -102,9 +114,11 @@ def record_into(cfg, out: Path):
     from specpolicy.runs import checks
 
     torch.set_num_threads(cfg.threads)
-    model = checks.load(cfg.model)
+    drafter = cfg.get("drafter") if hasattr(cfg, "get") else getattr(cfg, "drafter", None)
+    model = checks.load(cfg.model, drafter)
     prompts, data_info = checks.prompts_for(cfg.data, model.tokenizer)
-    config = OmegaConf.to_container(OmegaConf.create({"model": cfg.model, "data": cfg.data, "trace": {
+    config = OmegaConf.to_container(OmegaConf.create({"model": cfg.model, "drafter": checks.drafter_spec(drafter),
+                                                      "data": cfg.data, "trace": {
         "max_new_tokens": cfg.max_new_tokens, "probe_depth": cfg.probe_depth, "cost_reps": cfg.cost_reps}}))
     trace = record_trace(model, [p.ids for p in prompts], cfg.max_new_tokens, cfg.probe_depth, cfg.cost_reps,
                          names=[p.id for p in prompts],

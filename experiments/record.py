@@ -3,6 +3,7 @@
     python -m experiments.record                                    # 100 stdlib prompts x 128 new tokens, K = 8
     python -m experiments.record data.n_prompts=20 probe_depth=6 hydra.run.dir=runs/record/small
     python -m experiments.record model=hf model.path=DIR data=file data.path=prompts.jsonl
+    python -m experiments.record drafter=medusa                     # a trace of another drafter
 
 What a trace holds and how it is recorded: ``specpolicy.replay.record`` (``record_trace``) and
 ``specpolicy.replay.trace``. Writes ``trace.safetensors`` to the run directory, or to ``out=PATH``.
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 from experiments.common import (
     CONF_DIR,
     DataConf,
+    DrafterConf,
     ModelConf,
     TraceConf,
     check_recording,
@@ -29,12 +31,13 @@ from experiments.common import (
     run_task,
 )
 
-GROUPS = ("model", "data")
+GROUPS = ("model", "drafter", "data")
 
 
 @dataclass
 class RecordConfig(TraceConf):
     model: ModelConf = field(default_factory=ModelConf)
+    drafter: DrafterConf = field(default_factory=DrafterConf)  # the trace records which drafter made it
     data: DataConf = field(default_factory=DataConf)
     threads: int = 2  # torch.set_num_threads
     out: str = ""  # "" -> <run dir>/trace.safetensors

@@ -22,7 +22,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from experiments.common import CONF_DIR, ModelConf, UserError, parse_policy_spec, preflight, run_task
+from experiments.common import CONF_DIR, DrafterConf, ModelConf, UserError, parse_policy_spec, preflight, run_task
 from specpolicy.policies import list_policies
 
 PARAM_SETS = {
@@ -49,6 +49,7 @@ def default_specs() -> list[str]:
 class ReportConfig:
     trace: str = ""  # a trace from experiments.record (required)
     model: ModelConf = field(default_factory=ModelConf)
+    drafter: DrafterConf = field(default_factory=DrafterConf)  # must be the trace's (checked)
     n_prompts: int = 0  # 0: every prompt of the trace
     policies: list = field(default_factory=default_specs)
     threads: int = 2
@@ -78,7 +79,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> list[dict]:
     if cfg.n_prompts:
         trace = trace.select(range(min(cfg.n_prompts, trace.n_prompts)))
     torch.set_num_threads(cfg.threads)
-    model = checks.load(cfg.model)
+    model = checks.load(cfg.model, cfg.drafter)
     trace.check_model(model)
     t0 = time.perf_counter()
     results, ar = decode_real(model, trace, policies)
@@ -97,7 +98,7 @@ def app(cfg: DictConfig) -> list[dict]:
 
 
 def main() -> None:
-    preflight("replay_report", validate, ("model",))
+    preflight("replay_report", validate, ("model", "drafter"))
     app()
 
 

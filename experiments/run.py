@@ -3,6 +3,7 @@
     python -m experiments.run policy=threshold                        # defaults: tiny model, 20 stdlib prompts
     python -m experiments.run policy=threshold policy.tau_trust=0.95  # lossy: trust confident drafts
     python -m experiments.run policy=fixed policy.k=4 decode=sampling
+    python -m experiments.run policy=threshold drafter=medusa         # drafter=mtp | medusa | draft | ngram
     python -m experiments.run --multirun policy=fixed,threshold hydra/launcher=joblib
     python -m experiments.run --help                                  # groups, options, every parameter
 
@@ -28,16 +29,17 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiments.common import CONF_DIR, DataConf, DecodeConf, ModelConf, preflight, run_task
+from experiments.common import CONF_DIR, DataConf, DecodeConf, DrafterConf, ModelConf, preflight, run_task
 from specpolicy.runs import checks
 
-GROUPS = ("policy", "model", "data", "decode", "experiment")
+GROUPS = ("policy", "model", "drafter", "data", "decode", "experiment")
 
 
 @dataclass
 class RunConfig:
     policy: Any = MISSING  # {name: <registered policy>, <param>: value ...}: one file per policy in conf/policy/
     model: ModelConf = field(default_factory=ModelConf)
+    drafter: DrafterConf = field(default_factory=DrafterConf)  # conf/drafter/: mtp | medusa | draft | ngram
     data: DataConf = field(default_factory=DataConf)
     decode: DecodeConf = field(default_factory=DecodeConf)
     baselines: bool = True  # also decode ar and fixed(k) on the same prompts (speedup and quality reference)
@@ -52,12 +54,12 @@ ConfigStore.instance().store(name="run_schema", node=RunConfig)
 _MODELS: dict[tuple, object] = {}
 
 
-def _model(m):
+def _model(m, drafter: str):
     """Load once per process: the jobs of a --multirun sweep on the basic launcher share one process."""
-    key = (m.path, m.device, m.dtype)
+    key = (m.path, m.device, m.dtype, drafter)
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = checks.load(m)
+        _MODELS[key] = checks.load(m, drafter)
     return _MODELS[key]
 
 
@@ -71,7 +73,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     plan = checks.validate(cfg)
     store = runner.open_store(run_dir, plan)  # before the (slow) model load
     torch.set_num_threads(plan.threads)
-    model = _model(plan.model)
+    model = _model(plan.model, plan.drafter)
     prompts, data_info = checks.prompts_for(plan.data, model.tokenizer)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     env = environment_info(model, plan.threads, data_info)

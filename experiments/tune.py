@@ -41,6 +41,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from experiments.common import (
     CONF_DIR,
     DataConf,
+    DrafterConf,
     ModelConf,
     TraceConf,
     UserError,
@@ -51,13 +52,14 @@ from experiments.common import (
 )
 from specpolicy.tuning import StudyConf, check_study
 
-GROUPS = ("policy", "model", "data", "study")
+GROUPS = ("policy", "model", "drafter", "data", "study")
 
 
 @dataclass
 class TuneConfig:
     policy: Any = MISSING  # {name: <registered policy>, <param>: value}: conf/policy/<name>.yaml
     model: ModelConf = field(default_factory=ModelConf)  # decode evaluator and re-measuring
+    drafter: DrafterConf = field(default_factory=DrafterConf)  # must be the trace's (checked)
     data: DataConf = field(default_factory=DataConf)  # prompts of the trace recorded when trace is ""
     record: TraceConf = field(default_factory=TraceConf)
     study: StudyConf = field(default_factory=StudyConf)
@@ -76,8 +78,8 @@ def base_params(cfg) -> dict:
 
 def recording_config(cfg) -> DictConfig:
     """What a recording needs (TraceConf fields, model, data, threads) from a tune config."""
-    return OmegaConf.create({**OmegaConf.to_container(cfg.record), "model": cfg.model, "data": cfg.data,
-                             "threads": cfg.threads})
+    return OmegaConf.create({**OmegaConf.to_container(cfg.record), "model": cfg.model, "drafter": cfg.drafter,
+                             "data": cfg.data, "threads": cfg.threads})
 
 
 def validate(cfg) -> None:
@@ -100,6 +102,9 @@ def get_trace(cfg, run_dir: Path):
               f"K={cfg.record.probe_depth}) into {run_dir}")
         return record_into(recording_config(cfg), run_dir / "trace.safetensors")
     trace = load_trace(cfg.trace)
+    if cfg.drafter.name != trace.drafter:
+        raise UserError(f"the trace was recorded with drafter {trace.drafter}, not {cfg.drafter.name}; allowed: "
+                        f"drafter={trace.drafter}, or a trace recorded with drafter={cfg.drafter.name}")
     if cfg.max_new_tokens > trace.max_new_tokens:
         raise UserError(f"max_new_tokens={cfg.max_new_tokens} exceeds the trace's {trace.max_new_tokens}; "
                         "allowed: 0 (the trace's) or less")
@@ -150,7 +155,7 @@ def execute(cfg, run_dir: Path) -> dict:
     max_new = cfg.max_new_tokens or trace.max_new_tokens
     model = None
     if s.evaluator == "decode" or s.remeasure_prompts:
-        model = checks.load(cfg.model)
+        model = checks.load(cfg.model, cfg.drafter)
         trace.check_model(model)
     storage, where = open_storage(s.storage, run_dir)
     study = open_study(storage, s, name, trace, max_new)

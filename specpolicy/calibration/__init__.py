@@ -44,7 +44,14 @@ from .certify import (
 from .data import ROW_COLUMNS, CalibrationDataError, collect, rows_from_results, rows_from_run, rows_from_steps
 from .guarantee import TrustThreshold, choose_tau_trust, default_grid, min_calibration_size
 from .metrics import auroc, brier, calibration_report, ece, log_loss, mce, reliability_table
-from .policy import SHIPPED_DIR, CalibratedPolicy, resolve_calibrator, shipped_calibrators
+from .policy import (
+    SHIPPED_DIR,
+    CalibratedPolicy,
+    calibrator_drafter,
+    resolve_calibrator,
+    shipped_calibrators,
+    shipped_dir,
+)
 
 __all__ = [
     "CALIBRATORS",
@@ -62,6 +69,7 @@ __all__ = [
     "auroc",
     "brier",
     "calibration_report",
+    "calibrator_drafter",
     "certify",
     "choose_tau_trust",
     "collect",
@@ -81,6 +89,7 @@ __all__ = [
     "rows_from_run",
     "rows_from_steps",
     "shipped_calibrators",
+    "shipped_dir",
     "split_by_prompt",
     "trust_check",
 ]

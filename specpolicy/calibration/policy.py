@@ -44,36 +44,41 @@ from specpolicy.policies import (
 
 from .calibrators import Calibrator, load_calibrator
 
-__all__ = ["SHIPPED_DIR", "CalibratedPolicy", "resolve_calibrator", "shipped_calibrators"]
+__all__ = ["SHIPPED_DIR", "CalibratedPolicy", "calibrator_drafter", "resolve_calibrator", "shipped_calibrators",
+           "shipped_dir"]
 
 # The calibrators shipped with the embedded model live next to its weights (a path, not an import of models/).
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models" / "assets" / "tiny" / "calibrators"
 NAME = "calibrated"
 
 
-def shipped_calibrators(directory: str | Path | None = None) -> list[str]:
-    """Names of the calibrators shipped in ``directory`` (default ``SHIPPED_DIR``), sorted.
+def shipped_dir(drafter: str = "mtp", directory: str | Path | None = None) -> Path:
+    """Where the calibrators of ``drafter``'s confidences live: ``<directory or SHIPPED_DIR>/<drafter>/``."""
+    return (Path(directory) if directory is not None else SHIPPED_DIR) / drafter
+
+
+def shipped_calibrators(directory: str | Path | None = None, drafter: str = "mtp") -> list[str]:
+    """Names of the calibrators shipped for ``drafter`` (in ``shipped_dir(drafter, directory)``), sorted.
 
     Example:
         >>> shipped_calibrators()                                  # doctest: +SKIP
         ['identity', 'isotonic', 'platt', 'temperature']
     """
-    d = Path(directory) if directory is not None else SHIPPED_DIR
+    d = shipped_dir(drafter, directory)
     return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
 
 
-def resolve_calibrator(name_or_path: str, directory: str | Path | None = None) -> Path:
-    """The JSON file for a shipped calibrator name or a path; one-line ``PolicyParamError`` if there is none.
-
-    A value ending in ``.json`` or containing a path separator is a path; anything else a shipped name.
+def resolve_calibrator(name_or_path: str, directory: str | Path | None = None, drafter: str = "mtp") -> Path:
+    """The JSON file for a calibrator shipped for ``drafter`` (by name) or a path; one-line ``PolicyParamError`` if
+    there is none. A value ending in ``.json`` or containing a path separator is a path; anything else a name.
 
     Example:
         >>> resolve_calibrator("temperature").name                 # doctest: +SKIP
         'temperature.json'
     """
-    shipped = shipped_calibrators(directory)
-    allowed = (f"a shipped calibrator ({', '.join(shipped) or 'none shipped'}) or a path to a .json written by "
-               "Calibrator.save")
+    shipped = shipped_calibrators(directory, drafter)
+    allowed = (f"a calibrator shipped for drafter {drafter} ({', '.join(shipped) or 'none shipped'}) or a path to a "
+               ".json written by Calibrator.save")
     if not isinstance(name_or_path, str | Path) or not str(name_or_path):
         raise PolicyParamError(f"{NAME}: calibrator={name_or_path!r} is not a name or path; allowed: {allowed}")
     text = str(name_or_path)
@@ -86,7 +91,22 @@ def resolve_calibrator(name_or_path: str, directory: str | Path | None = None) -
         close = difflib.get_close_matches(text, shipped, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ";"
         raise PolicyParamError(f"{NAME}: unknown calibrator {text!r}{hint} allowed: {allowed}")
-    return (Path(directory) if directory is not None else SHIPPED_DIR) / f"{text}.json"
+    return shipped_dir(drafter, directory) / f"{text}.json"
+
+
+def calibrator_drafter(path: Path) -> str | None:
+    """The drafter a calibrator file was fitted for: its ``drafter`` entry (or its provenance's), else the shipped
+    directory it sits in, else None (unknown: an older file of one's own)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    named = data.get("drafter") or (data.get("provenance") or {}).get("drafter")
+    if named:
+        return str(named)
+    return path.parent.name if path.parent.parent == SHIPPED_DIR else None
 
 
 @functools.lru_cache(maxsize=32)
@@ -115,7 +135,7 @@ class CalibratedPolicy(Policy):
     name = NAME
 
     def __init__(self, base: str = "threshold", base_params: Mapping | None = None,
-                 calibrator: str = "platt") -> None:
+                 calibrator: str = "platt", drafter: str = "mtp") -> None:
         if not isinstance(base, str) or base == NAME:
             raise PolicyParamError(f"{NAME}: base={base!r} is invalid; allowed: a registered policy other than "
                                    f"{NAME!r} ({', '.join(n for n in list_policies() if n != NAME)})")
@@ -131,10 +151,18 @@ class CalibratedPolicy(Policy):
             raise PolicyParamError(f"{NAME}: unknown base policy {base!r}{hint} allowed: {', '.join(names)}") from None
         except PolicyParamError as err:
             raise PolicyParamError(f"{NAME}: base_params: {err}") from None
-        path = resolve_calibrator(calibrator)
-        self.base = base
+        if not isinstance(drafter, str) or not drafter:
+            raise PolicyParamError(f"{NAME}: drafter={drafter!r} is invalid; allowed: the name of the drafter whose "
+                                   "confidences the calibrator was fitted on (mtp, medusa, draft, ngram)")
+        path = resolve_calibrator(calibrator, drafter=drafter)
+        fitted_for = calibrator_drafter(path)
+        if fitted_for is not None and fitted_for != drafter:
+            raise PolicyParamError(f"{NAME}: calibrator {calibrator!r} was fitted on drafts of {fitted_for}, not "
+                                   f"{drafter}; allowed: drafter={fitted_for}, or a calibrator fitted for {drafter}")
+        self.base, self.drafter = base, drafter
         # a shipped name stays a name; a path is recorded absolute, so records and params() name the same file
-        self.calibrator = calibrator if path.parent == SHIPPED_DIR and path.stem == calibrator else str(path.resolve())
+        shipped = path.parent == shipped_dir(drafter) and path.stem == calibrator
+        self.calibrator = calibrator if shipped else str(path.resolve())
         self._cal = _load_checked(path)
 
     def calibrate(self, confidence) -> tuple[float, ...]:
@@ -159,6 +187,11 @@ class CalibratedPolicy(Policy):
         self._base.observe(outcome)
 
     @property
+    def requires_drafter(self) -> str:
+        """The drafter this calibrator belongs to: the decoder and the replay refuse any other."""
+        return self.drafter
+
+    @property
     def acceptance(self):  # the base's relaxed rule (or None: strict)
         return self._base.acceptance
 
@@ -172,7 +205,8 @@ class CalibratedPolicy(Policy):
 
     def params(self) -> dict[str, Any]:
         """``base``, the base's full parameters (defaults filled) and ``calibrator``: ``get_policy`` rebuilds it."""
-        return {"base": self.base, "base_params": self._base.params(), "calibrator": self.calibrator}
+        return {"base": self.base, "base_params": self._base.params(), "calibrator": self.calibrator,
+                "drafter": self.drafter}
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

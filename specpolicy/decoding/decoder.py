@@ -97,6 +97,9 @@ def generate(
     policy = get_policy(policy, **policy_params) if isinstance(policy, str) else policy
     ids = _prompt_ids(model, prompt)
     drafter = drafter_for(model) if drafter is None else check_drafter(drafter)
+    if policy.requires_drafter is not None and policy.requires_drafter != drafter.name:
+        raise DecodeError(f"{policy.name} is fitted to drafter {policy.requires_drafter}, not {drafter.name}; allowed: "
+                          f"that drafter, or the policy fitted for {drafter.name}")
     judge = _Greedy if temperature == 0 else _Sampling
     loop = _Loop(model, policy, drafter, judge, {"temperature": temperature, "top_p": top_p, "top_k": top_k},
                  seed, max_draft, probe)

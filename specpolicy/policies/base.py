@@ -183,11 +183,13 @@ class Policy(ABC):
     """One small ABC: implement ``decide``; the hooks default to doing nothing.
 
     ``name`` is the registry key. ``acceptance`` is None for the strict rule or an ``AcceptanceRule``.
-    ``lossless`` says whether the policy can ever commit a token the strict rule would reject.
+    ``lossless`` says whether the policy can ever commit a token the strict rule would reject. ``requires_drafter``
+    is None, or the one drafter whose numbers the policy is fitted to (a calibrated policy's calibrator).
     """
 
     name: ClassVar[str] = "custom"
     acceptance: AcceptanceRule | None = None
+    requires_drafter: str | None = None  # a drafter's name: the decoder and the replay refuse any other
 
     @abstractmethod
     def decide(self, state: StepState) -> Action:

@@ -177,11 +177,13 @@ def _replay_prompt(policy: Policy, rows: dict, i: int, max_new: int, max_draft: 
 
 
 def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None, max_draft: int | None = None,
-           **policy_params) -> ReplayResult:
+           drafter: str | None = None, **policy_params) -> ReplayResult:
     """Replay ``policy`` (a registered name or an instance) over every prompt of ``trace``.
 
     ``max_new_tokens`` defaults to the trace's N (it may be smaller, not larger); ``max_draft`` to the trace's probe
-    depth K (the decoder's ``max_draft``; larger than K is refused: record a deeper trace).
+    depth K (the decoder's ``max_draft``; larger than K is refused: record a deeper trace). ``drafter``: the drafter
+    the caller means (a trace of another drafter is refused); a policy fitted to one drafter (``requires_drafter``)
+    is refused on a trace of another.
 
     Example:
         >>> res = replay("fixed", trace, k=3)
@@ -189,6 +191,12 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
         (2.6, (12, 9, 8, 14))
     """
     policy = get_policy(policy, **policy_params) if isinstance(policy, str) else policy
+    if drafter is not None and drafter != trace.drafter:
+        raise ReplayError(f"the trace was recorded with drafter {trace.drafter}, not {drafter}; allowed: "
+                          f"drafter={trace.drafter} or a trace recorded with {drafter}")
+    if policy.requires_drafter is not None and policy.requires_drafter != trace.drafter:
+        raise ReplayError(f"{policy.name} is fitted to drafter {policy.requires_drafter}, but the trace was recorded "
+                          f"with {trace.drafter}; allowed: a trace of {policy.requires_drafter}")
     N, K = trace.max_new_tokens, trace.k_max
     max_new = N if max_new_tokens is None else max_new_tokens
     if not isinstance(max_new, int) or not 1 <= max_new <= N:

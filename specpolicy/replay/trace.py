@@ -101,6 +101,11 @@ class Trace:
         return self.draft.shape[2]
 
     @property
+    def drafter(self) -> str:
+        """The kind of drafter that made the drafts (``mtp`` for traces that predate the field)."""
+        return str(self.meta.get("drafter", "mtp"))
+
+    @property
     def native_depths(self) -> int:
         """The recording drafter's native depths (``StepState.native_depths``; ``num_mtp_layers`` in older traces)."""
         return int(self.meta.get("native_depths", self.meta.get("num_mtp_layers", 1)))
@@ -121,6 +126,10 @@ class Trace:
         if want and model.fingerprint() != want:
             raise TraceError(f"the trace was recorded with model {want} but the model given is {model.fingerprint()};"
                              " allowed: the trace's model")
+        mine = getattr(model, "drafter_name", "mtp")
+        if mine != self.drafter:
+            raise TraceError(f"the trace was recorded with drafter {self.drafter} but the model's drafter is {mine}; "
+                             f"allowed: load the model with drafter={self.drafter}")
 
     def select(self, indices) -> Trace:
         """The trace of a subset of prompts (in the given order).

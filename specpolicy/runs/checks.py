@@ -30,7 +30,7 @@ from .arms import Arm, plan_arms
 from .prompt_file import PromptFileError, read_prompt_file
 from .records import RecordStore
 
-__all__ = ["RunPlan", "UserError", "validate", "check_model", "check_data", "load", "prompts_for", "check_resume",
+__all__ = ["RunPlan", "UserError", "drafter_spec", "validate", "check_model", "check_data", "load", "prompts_for", "check_resume",
            "remove_if_empty"]
 
 DATA_SOURCES = ("stdlib_test", "file")
@@ -65,7 +65,8 @@ class RunPlan:
     threads: int
     nll: bool  # score every output with one teacher-forced target forward
     bootstrap: int  # resamples for the summary's intervals
-    run_key: str  # hash of the model, data and decode settings: records with another key are not comparable
+    run_key: str  # hash of the model, drafter, data and decode settings: records with another key do not mix
+    drafter: str = "mtp"  # the load_model(drafter=...) spec
 
     @property
     def generate_kw(self) -> dict:
@@ -107,11 +108,33 @@ def validate(cfg) -> RunPlan:
         raise UserError(str(err)) from None
     check_model(cfg.model)
     check_data(cfg.data)
+    drafter = drafter_spec(getattr(cfg, "drafter", None))
     settings = {k: _plain(getattr(cfg, k)) for k in ("model", "data", "decode")}
-    run_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    run_key = hashlib.sha256(json.dumps({**settings, "drafter": drafter}, sort_keys=True).encode()).hexdigest()[:16]
     return RunPlan(tuple(arms), *(SimpleNamespace(**settings[k]) for k in ("model", "data", "decode")),
                    threads=cfg.threads, nll=bool(getattr(cfg, "nll", True)), bootstrap=cfg.bootstrap,
-                   run_key=run_key)
+                   run_key=run_key, drafter=drafter)
+
+
+def drafter_spec(d) -> str:
+    """The ``load_model(drafter=...)`` string of a drafter group node (``name``, ``path``), a string, or None
+    (the default, ``mtp``); one-line ``UserError`` for an unknown kind.
+
+    Example:
+        >>> drafter_spec({"name": "medusa", "path": "runs/heads"})
+        'medusa:runs/heads'
+    """
+    from specpolicy.models.loading import parse_drafter_spec
+
+    if d is None:
+        return "mtp"
+    if isinstance(d, str):
+        spec = d
+    else:
+        node = _plain(d)
+        spec = f"{node['name']}:{node['path']}" if node.get("path") else str(node.get("name", "mtp"))
+    parse_drafter_spec(spec)  # DrafterSpecError (a UserError) for an unknown kind
+    return spec
 
 
 def check_model(m) -> None:
@@ -157,15 +180,16 @@ def check_data(data) -> list[tuple[str, str]] | None:
     return None
 
 
-def load(m):
-    """The model named by ``m`` (path, device, dtype); loading failures become one-line ``UserError``s."""
+def load(m, drafter=None):
+    """The model named by ``m`` (path, device, dtype) with the drafter of ``drafter`` (a group node, a spec string
+    or None: MTP); loading failures become one-line ``UserError``s."""
     import torch
 
     from specpolicy.models.loading import ModelNotFoundError, load_model
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if m.device == "auto" else m.device
     try:
-        return load_model(str(m.path), device=device, dtype=m.dtype)
+        return load_model(str(m.path), device=device, dtype=m.dtype, drafter=drafter_spec(drafter))
     except (ModelNotFoundError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"model {m.path!r} could not be loaded: {first}") from None

@@ -141,7 +141,7 @@ def test_adaptive_base_state_is_delegated():
 def test_params_round_trip_and_name_the_full_base_parameters(platt_json):
     p = get_policy("calibrated", base="threshold", base_params={"tau_trust": 0.9}, calibrator=str(platt_json))
     assert p.params() == {"base": "threshold", "base_params": {"tau_extend": 0.5, "tau_trust": 0.9, "k_max": 6},
-                          "calibrator": str(platt_json.resolve())}
+                          "calibrator": str(platt_json.resolve()), "drafter": "mtp"}
     assert get_policy("calibrated", **p.params()).params() == p.params()
     assert json.dumps(p.params())
     assert repr(p).startswith("CalibratedPolicy(base='threshold'")
@@ -158,7 +158,7 @@ def test_params_round_trip_and_name_the_full_base_parameters(platt_json):
         ({"base_params": {"tau_trust": 1.5}},
          r"^calibrated: base_params: threshold: tau_trust=1.5 is out of range; allowed: 0 <= tau_trust <= 1$"),
         ({"base_params": {"tau": 0.5}}, r"^calibrated: base_params: threshold: unknown parameter tau"),
-        ({"calibrator": "platy"}, r"^calibrated: unknown calibrator 'platy'; did you mean 'platt'\? allowed: a shipped"),
+        ({"calibrator": "platy"}, r"^calibrated: unknown calibrator 'platy'; did you mean 'platt'\? allowed: a calibrator shipped for drafter mtp"),
         ({"calibrator": "/no/such/file.json"}, r"^calibrated: calibrator file '/no/such/file.json' does not exist"),
         ({"calibrator": ""}, r"^calibrated: calibrator='' is not a name or path"),
         ({"calibrater": "platt"}, r"^calibrated: unknown parameter calibrater \(did you mean calibrator\?\)"),
@@ -185,7 +185,7 @@ def test_shipped_calibrators_load_and_resolve_by_name():
     assert {"identity", "temperature", "platt", "isotonic"} <= set(names)
     for name in names:
         path = resolve_calibrator(name)
-        assert path == SHIPPED_DIR / f"{name}.json"
+        assert path == SHIPPED_DIR / "mtp" / f"{name}.json"
         cal = load_calibrator(path)
         assert cal.name == name and json.loads(path.read_text())["provenance"]["weights_sha256"]
         p = get_policy("calibrated", calibrator=name)
@@ -227,3 +227,31 @@ def test_policy_contract_holds_for_calibrated():
             "'tests/policies/test_policy_contract.py']))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]  # 5 would mean: no calibrated case collected
+
+
+def test_calibrators_belong_to_one_drafter(tmp_path):
+    """A calibrator fitted on one drafter's confidences is refused for another, by the policy, the decoder and the
+    replay; shipped calibrators are looked up per drafter."""
+    import json
+
+    from specpolicy.decoding import DecodeError, NgramDrafter, generate
+    from specpolicy.replay import ReplayError, replay, synthetic_trace
+    from specpolicy.testing import small_model
+
+    with pytest.raises(PolicyParamError, match="unknown calibrator 'platt'.*shipped for drafter medusa"):
+        get_policy("calibrated", calibrator="platt", drafter="medusa")  # none shipped for medusa here
+    data = json.loads(resolve_calibrator("platt").read_text())
+    own = tmp_path / "ngram_platt.json"
+    own.write_text(json.dumps({**data, "drafter": "ngram"}))
+    with pytest.raises(PolicyParamError, match="fitted on drafts of ngram, not mtp"):
+        get_policy("calibrated", calibrator=str(own))
+    policy = get_policy("calibrated", calibrator=str(own), drafter="ngram")
+    assert policy.requires_drafter == "ngram" and policy.params()["drafter"] == "ngram"
+    model = small_model(seed=0, k=2)
+    with pytest.raises(DecodeError, match="fitted to drafter ngram, not mtp"):
+        generate(model, [1, 2, 3], policy, max_new_tokens=4)
+    generate(model, [1, 2, 3, 1, 2], policy, max_new_tokens=4, drafter=NgramDrafter(64))  # the right drafter runs
+    with pytest.raises(ReplayError, match="fitted to drafter ngram, but the trace was recorded with mtp"):
+        replay(policy, synthetic_trace(2, 8, 2))
+    with pytest.raises(ReplayError, match="recorded with drafter mtp, not medusa"):
+        replay("fixed", synthetic_trace(2, 8, 2), drafter="medusa")

@@ -120,7 +120,7 @@ def test_install_copies_the_calibrators_to_the_shipped_directory(tmp_path, monke
     assert sorted(Path(p).name for p in report["installed"]) == ["identity.json", "isotonic.json", "platt.json",
                                                                   "temperature.json"]
     for name in ("platt", "isotonic"):
-        shipped = load_calibrator(tmp_path / "shipped" / f"{name}.json")
+        shipped = load_calibrator(tmp_path / "shipped" / "mtp" / f"{name}.json")  # the rows' drafter
         assert shipped.to_dict() == load_calibrator(out_dir / "calibrators" / f"{name}.json").to_dict()
 
 
@@ -146,5 +146,5 @@ def test_run_with_the_calibrated_policy(tmp_path):
     assert "calibrated" in summary["policies"]
     record = next(json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()
                   if json.loads(line)["policy"] == "calibrated")
-    assert record["params"] == {"base": "threshold", "calibrator": "platt",
+    assert record["params"] == {"base": "threshold", "calibrator": "platt", "drafter": "mtp",
                                 "base_params": {"tau_extend": 0.5, "tau_trust": 0.9, "k_max": 6}}

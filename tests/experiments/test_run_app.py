@@ -107,3 +107,15 @@ def test_multirun_joblib_launcher(tmp_path, ok):
     assert summary(sweep / "0_ar")["policies"].keys() == {"ar"}
     assert summary(sweep / "1_fixed")["policies"].keys() == {"fixed"}
     assert summary(sweep / "1_fixed")["reference"] is None  # baselines=false and not ar itself: nothing paired
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "medusa", "draft"])
+def test_run_with_another_drafter(tmp_path, ok, drafter):
+    """drafter=... chooses the drafter of every arm; lossless arms still match ar; the drafter is recorded."""
+    out = tmp_path / "run"
+    ok(run_app("policy=threshold", f"drafter={drafter}", *SMALL, "figure=false", f"hydra.run.dir={out}"))
+    s = summary(out)
+    assert s["policies"]["fixed"]["exact_match_rate"]["value"] == 1.0
+    assert s["policies"]["threshold"]["exact_match_rate"]["value"] == 1.0
+    assert json.loads((out / "environment.json").read_text())["drafter"] == drafter
+    assert sum(r["stats"]["drafted"] for r in records(out)) > 0

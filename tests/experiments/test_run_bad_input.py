@@ -19,6 +19,8 @@ CASES = {
     "unknown policy": (["policy=treshold"], "did you mean 'threshold'"),
     "unknown model": (["model=tinyy"], "did you mean 'tiny'"),
     "unknown data": (["data=stdlib"], "did you mean 'stdlib_test'"),
+    "unknown drafter": (["drafter=medusaa"], "did you mean 'medusa'"),
+    "drafter option": (["drafter=ngram", "drafter.path=x"], "ngram takes no argument"),
     "unknown decode in a sweep": (["--multirun", "decode=greedy,samplin"], "did you mean 'sampling'"),
     "unknown launcher": (["hydra/launcher=jobib"], "Could not find 'hydra/launcher/jobib'"),
     "out of range": (["policy.tau_trust=1.5"], "tau_trust=1.5 is out of range; allowed: 0 <= tau_trust <= 1"),

@@ -51,3 +51,5 @@ def drafter_for(model) -> Drafter:
 
 register_drafter("mtp")(lambda model: MTPDrafter(model.drafter))
 register_drafter("ngram")(lambda model: NgramDrafter(model.target.config.get_text_config().vocab_size))
+
+from . import draft_model, medusa  # noqa: E402,F401  (register "draft" and "medusa"; they use register_drafter)
