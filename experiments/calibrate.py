@@ -175,6 +175,7 @@ def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict]:
     rows = collect(model, prompts, "fixed", k=cfg.k, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, progress=True)
     info = {"source": "collect", "model": cfg.model, "drafter": model.drafter_name,
+            "dtype": str(model.dtype).removeprefix("torch."),
             "weights_sha256": model.card.get("weights_sha256"),
             "corpus_fingerprint": corpus.fingerprint(), "data_split": cfg.data_split, "data_seed": cfg.data_seed,
             "policy": f"fixed(k={cfg.k})", "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,

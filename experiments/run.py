@@ -79,12 +79,14 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     env = environment_info(model, plan.threads, data_info)
     (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     runner.decode_run(plan, model, prompts, store)
-    summary = runner.summarise_store(plan, store, run_dir)
+    divergences = runner.classify_divergences(plan, model, prompts, store, run_dir)
+    summary = runner.summarise_store(plan, store, run_dir, divergences)
     if cfg.figure:
         from analysis.run_overview import plot_run_overview
 
         plot_run_overview(run_dir)
-    print(console_table(summary))
+    print(console_table(summary, precision=str(model.dtype) not in ("torch.float32", "torch.float64")
+                        or bool(divergences)))
     print(f"results: {run_dir}")
     return summary
 

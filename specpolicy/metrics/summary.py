@@ -14,6 +14,8 @@ Every figure is a *ratio of sums over prompts* (pooled), so long and short gener
     acceptance_by_depth[j] = sum accepted at depth j / sum drafts that reached depth j (strict or shadow verdicts)
     lossy_token_rate  = sum lossy tokens / sum new tokens;   lossy_error_rate = sum shadow rejects / sum new tokens
     exact_match_rate  = share of prompts whose output equals the reference's (``ar``) token for token
+    near_tie_rate, mismatch_rate = (lossless policies, greedy) shares of prompts whose output leaves ar's at a
+                        numerical near-tie / otherwise (``testing.precision``); a lossless mismatch is a bug
     first_divergence  = mean index of the first differing token (= the length when equal)
     target_nll        = sum NLL / sum tokens of the output under the target (teacher forced)
 
@@ -137,7 +139,8 @@ def _depth_matrix(records: list[dict], key: str, width: int) -> np.ndarray:
 
 
 def summarise_policy(
-    records: list[dict], reference: list[dict] | None = None, n_resamples: int = 2000, seed: int = 0
+    records: list[dict], reference: list[dict] | None = None, n_resamples: int = 2000, seed: int = 0,
+    divergences: dict | None = None,
 ) -> dict:
     """Figures of one policy from its records (one per prompt); paired ones against ``reference`` (same prompts).
 
@@ -172,12 +175,14 @@ def summarise_policy(
         dict(depth=j + 1, reached=int(reached[j].sum()), **_figure(_ratio, [ok[j], reached[j]], **kw))
         for j in range(width)
     ]
-    out.update(_paired(records, reference, kw))
+    out.update(_paired(records, reference, kw, divergences))
     return out
 
 
-def _paired(records: list[dict], reference: list[dict] | None, kw: dict) -> dict:
-    """Speedup, exact match and first divergence against the reference, over the prompts both have."""
+def _paired(records: list[dict], reference: list[dict] | None, kw: dict, divergences: dict | None = None) -> dict:
+    """Speedup, exact match and first divergence against the reference, over the prompts both have; with
+    ``divergences`` ({"<prompt>|<policy>": {"kind": "near_tie" | "mismatch", ...}}) the differing prompts are split
+    into numerical near-ties and mismatches (a lossless policy with a mismatch is a bug)."""
     none = {"speedup_vs_ar": None, "exact_match_rate": None, "first_divergence": None, "n_paired": 0}
     if reference is None:
         return none
@@ -189,17 +194,25 @@ def _paired(records: list[dict], reference: list[dict] | None, kw: dict) -> dict
     match = np.array([a["token_ids"] == b["token_ids"] for a, b in pairs], dtype=float)
     div = np.array([first_divergence(a["token_ids"], b["token_ids"]) for a, b in pairs], dtype=float)
     arrays = [_stat(mine, "new_tokens"), _stat(mine, "wall_s"), _stat(theirs, "new_tokens"), _stat(theirs, "wall_s")]
-    return {
+    out = {
         "speedup_vs_ar": _figure(lambda a, b, c, d: _ratio(a, b) / _ratio(c, d), arrays, **kw),
         "exact_match_rate": _figure(lambda a: a.mean(-1), [match], **kw),
         "first_divergence": _figure(lambda a: a.mean(-1), [div], **kw),
         "n_paired": len(pairs),
     }
+    if divergences is not None:
+        kinds = [divergences.get(f"{a['prompt_id']}|{a['policy']}", {}).get("kind") for a, _ in pairs]
+        out["near_tie_rate"] = sum(k == "near_tie" for k in kinds) / len(pairs)
+        out["mismatch_rate"] = sum(k == "mismatch" for k in kinds) / len(pairs)
+        gaps = [divergences[f"{a['prompt_id']}|{a['policy']}"] for a, _ in pairs
+                if f"{a['prompt_id']}|{a['policy']}" in divergences]
+        out["divergence_gaps"] = [{"gap": g["gap"], "tolerance": g["tolerance"], "kind": g["kind"]} for g in gaps]
+    return out
 
 
 def summarise_run(
     records: list[dict], reference: str = "ar", sampling: bool = False, n_resamples: int = 2000, seed: int = 0,
-    policies: dict[str, dict] | None = None,
+    policies: dict[str, dict] | None = None, divergences: dict | None = None,
 ) -> dict:
     """summary.json of a run: ``summarise_policy`` for every policy label in ``records``, in first-seen order.
 
@@ -229,6 +242,7 @@ def summarise_run(
     }
     for label, recs in by_label.items():
         entry = dict((policies or {}).get(label, {}))
-        entry.update(summarise_policy(recs, ref, n_resamples, seed))
+        lossless = entry.get("lossless", False) and label != reference
+        entry.update(summarise_policy(recs, ref, n_resamples, seed, divergences if lossless else None))
         out["policies"][label] = entry
     return out

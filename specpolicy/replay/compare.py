@@ -120,7 +120,8 @@ def compare_row(label: str, policy, trace: Trace, results: list, ar: list) -> di
     s = rep.summary
     return {
         "policy": label, "lossless": policy.lossless, "prompts": len(results), "prompts_equal": same,
-        "exact": same == len(results), "approximate": s["approximate"],
+        # equal prompts of a half-precision trace are not called exact: near-ties can break them on other prompts
+        "exact": same == len(results) and trace.dtype not in ("bfloat16", "float16"), "approximate": s["approximate"],
         "replay_tpf": s["tpf"], "real_tpf": real["tpf"],
         "replay_error": s["lossy_error_rate"], "real_error": real["lossy_error_rate"],
         "replay_lossy_rate": s["lossy_token_rate"], "real_lossy_rate": real["lossy_token_rate"],

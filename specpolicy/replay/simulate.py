@@ -15,7 +15,9 @@ the schedule, so steps, TPF, the accepted-length histogram and acceptance by dep
 ``max_draft = trace.k_max``: a policy is stopped at the trace's depth as ``max_draft`` stops it in the decoder;
 ``depth_capped_steps`` counts the steps that drafted that full depth with token budget to spare).
 
-Approximate, and flagged ``approximate: True`` with a note, once a trusted or relaxed token the target rejects is
+Never exact for a trace recorded in half precision (flagged ``approximate`` with a note: block and one-token forwards
+round differently, so the recorded chain can disagree with the decoder at near-ties). Approximate, and flagged
+``approximate: True`` with a note, once a trusted or relaxed token the target rejects is
 committed (an error): the rest of that step is still exact (the trace holds the target's tokens and p along every
 drafted chain), but the replay then continues along the recorded target-greedy sequence, whereas the real run
 continues after the wrong token and diverges from there. Relaxed rules read p from the recording's chain forward,
@@ -50,6 +52,8 @@ NOTE_TRUST = ("errors (committed trusted/relaxed tokens the target rejects) are 
               "then continues along the recorded target-greedy sequence; a real run continues after the wrong token")
 NOTE_RELAXED = ("relaxed acceptance reads p from the recording's chain forward; decisions exactly at the rule's "
                 "boundary may differ from the decoder's block forward")
+NOTE_HALF = ("the trace was recorded in half precision: block and one-token forwards round differently there, so "
+             "the recorded chain may disagree with the decoder's at numerical near-ties; replay is not exact")
 NOTE_CAPPED = ("some steps drafted the trace's full probe depth K with token budget to spare; replayed (exactly) as "
                "max_draft = K: a deeper trace would let the policy draft further")
 
@@ -211,7 +215,11 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     prompts = tuple(_replay_prompt(policy, rows, i, max_new, max_draft, K, trace.native_depths, eos, step_cost)
                     for i in range(trace.n_prompts))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
-    summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft)
+    summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft,
+                   dtype=trace.dtype)
+    if trace.dtype in ("bfloat16", "float16"):
+        summary["approximate"] = True
+        summary["notes"].append(NOTE_HALF)
     return ReplayResult(prompts, summary)
 
 

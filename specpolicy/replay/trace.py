@@ -101,6 +101,11 @@ class Trace:
         return self.draft.shape[2]
 
     @property
+    def dtype(self) -> str:
+        """The dtype the trace was recorded in ("float32" for traces that predate the field)."""
+        return str(self.meta.get("dtype", "float32"))
+
+    @property
     def drafter(self) -> str:
         """The kind of drafter that made the drafts (``mtp`` for traces that predate the field)."""
         return str(self.meta.get("drafter", "mtp"))

@@ -21,23 +21,35 @@ def _v(fig, fmt: str, ci: bool = False) -> str:
     return text
 
 
-def console_table(summary: dict) -> str:
-    """A fixed-width table: policy, tpf (95% CI), tok/s, speedup vs ar (95% CI), lossy error rate, exact match.
+def console_table(summary: dict, precision: bool = False) -> str:
+    """A fixed-width table: policy, tpf (95% CI), tok/s, speedup vs ar (95% CI), lossy error rate, exact match;
+    with ``precision`` (half precision, or any divergence) also the near-tie and mismatch shares of lossless
+    policies, and a BUG line for a lossless policy with a mismatch.
 
     Example:
         >>> console_table({"policies": {}, "reference": None}).splitlines()[0].split()[:2]
         ['policy', 'tpf']
     """
     head = ("policy", "tpf [95% CI]", "tok/s", "speedup [95% CI]", "lossy err", "exact match")
-    rows = [head]
+    head += ("near-tie", "mismatch") if precision else ()
+    rows, bugs = [head], []
     for label, s in summary["policies"].items():
-        rows.append((
+        row = (
             label, _v(s.get("tpf"), ".2f", ci=True), _v(s.get("tokens_per_s"), ".1f"),
             _v(s.get("speedup_vs_ar"), ".2f", ci=True), _v(s.get("lossy_error_rate"), ".3f"),
             _v(s.get("exact_match_rate"), ".2f"),
-        ))
+        )
+        if precision:
+            row += tuple(f"{s[k]:.2f}" if s.get(k) is not None else "-" for k in ("near_tie_rate", "mismatch_rate"))
+        rows.append(row)
+        if s.get("mismatch_rate"):
+            bugs.append(f"BUG: lossless policy {label} left ar's output at a clear margin (not a near-tie) on "
+                        f"{s['mismatch_rate']:.0%} of prompts: see divergences.json")
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     ref = summary.get("reference")
     lines.append(f"(speedup and exact match against {ref}, same run)" if ref else "(no ar reference: baselines=false)")
-    return "\n".join(lines)
+    if precision:
+        lines.append("(near-tie: left ar's output where the target's float32 top-2 gap is within the dtype's rounding; "
+                     "see specpolicy.testing.precision)")
+    return "\n".join(lines + bugs)

@@ -23,7 +23,7 @@ from .checks import RunPlan, UserError, check_resume
 from .records import RecordStore, RunDirError
 from .steps import step_rows, write_steps_parquet
 
-__all__ = ["decode_run", "open_store", "record_of", "summarise_store"]
+__all__ = ["classify_divergences", "decode_run", "open_store", "record_of", "summarise_store"]
 
 
 def open_store(run_dir: str | Path, plan: RunPlan) -> RecordStore:
@@ -69,8 +69,32 @@ def decode_run(plan: RunPlan, model, prompts, store: RecordStore, progress: bool
                   step_rows(c.prompt.id, c.label, [s.to_dict() for s in res.steps]))
 
 
-def summarise_store(plan: RunPlan, store: RecordStore, run_dir: str | Path) -> dict:
-    """Write steps.parquet and summary.json (``metrics.summarise_run`` over the plan's arms); return the summary."""
+def classify_divergences(plan: RunPlan, model, prompts, store: RecordStore, run_dir: str | Path) -> dict:
+    """For every lossless arm's greedy output that differs from ``ar``'s on a prompt: a numerical near-tie or a
+    mismatch (``testing.precision.classify_divergence``: the target's float32 gap between the two tokens at the
+    first differing position, against the dtype's tolerance). Written to ``divergences.json`` as
+    {"<prompt id>|<policy>": {kind, index, gap, tolerance}}; nothing for sampling runs (no reference)."""
+    from ..testing.precision import classify_divergence
+
+    out = {}
+    if not plan.sampling:
+        ids = {p.id: list(p.ids) for p in prompts}
+        lossless = {a.label for a in plan.arms if a.lossless and a.name != REFERENCE}
+        ref = {r["prompt_id"]: r for r in store.records if r["policy"] == REFERENCE}
+        for r in store.records:
+            a = ref.get(r["prompt_id"])
+            if r["policy"] in lossless and a is not None and r["token_ids"] != a["token_ids"]:
+                d = classify_divergence(model, ids[r["prompt_id"]], r["token_ids"], a["token_ids"])
+                out[f"{r['prompt_id']}|{r['policy']}"] = d.to_dict()
+    path = Path(run_dir) / "divergences.json"
+    path.write_text(json.dumps({"dtype": str(model.dtype).removeprefix("torch."), "divergences": out}, indent=1)
+                    + "\n")
+    return out
+
+
+def summarise_store(plan: RunPlan, store: RecordStore, run_dir: str | Path, divergences: dict | None = None) -> dict:
+    """Write steps.parquet and summary.json (``metrics.summarise_run`` over the plan's arms, with the near-tie /
+    mismatch split of ``divergences``); return the summary."""
     from ..metrics import summarise_run
 
     run_dir = Path(run_dir)
@@ -79,7 +103,7 @@ def summarise_store(plan: RunPlan, store: RecordStore, run_dir: str | Path) -> d
               for a in plan.arms}
     records = [r for r in store.records if r["policy"] in labels]
     summary = summarise_run(records, reference=REFERENCE, sampling=plan.sampling, n_resamples=plan.bootstrap, seed=0,
-                            policies=labels)
+                            policies=labels, divergences=divergences)
     summary["run_dir"] = str(run_dir)
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")

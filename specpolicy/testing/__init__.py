@@ -7,6 +7,8 @@
                                                    greedy: token for token ``target.generate(do_sample=False)`` on
                                                    small float64 models (and on ``model``); sampling: a chi-square
                                                    test of the first tokens' law, with a power check
+    classify_divergence / self_consistency         precision-aware equivalence: a divergence from generate() is a
+                                                   numerical near-tie or a mismatch (``precision``)
     small_model(...)                               the small float64 MTP models the checks use
 
 No model is downloaded: the harness builds its own models. The project's own contract tests run both over every
@@ -21,6 +23,15 @@ Example:
 from .contract import check_action, check_policy, random_state, simulate
 from .lossless import LosslessReport, check_lossless, exact_compare, greedy_accounting, hf_greedy
 from .models import shape_model, small_model
+from .precision import (
+    NEAR_TIE_MARGIN,
+    Consistency,
+    Divergence,
+    classify_divergence,
+    near_tie_tolerance,
+    self_consistency,
+)
 
-__all__ = ["LosslessReport", "check_action", "check_lossless", "check_policy", "exact_compare", "greedy_accounting",
+__all__ = ["NEAR_TIE_MARGIN", "Consistency", "Divergence", "LosslessReport", "check_action", "classify_divergence",
+           "near_tie_tolerance", "self_consistency", "check_lossless", "check_policy", "exact_compare", "greedy_accounting",
            "hf_greedy", "random_state", "shape_model", "simulate", "small_model"]

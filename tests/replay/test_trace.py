@@ -135,3 +135,14 @@ def test_a_trace_of_another_format_version_is_refused(tmp_path):
     save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={"specpolicy_trace": json.dumps(header)})
     with pytest.raises(TraceError, match="has version 0 .* allowed: version 1"):
         load_trace(tmp_path / "old.safetensors")
+
+
+def test_a_half_precision_trace_is_never_called_exact():
+    from specpolicy.replay.simulate import NOTE_HALF
+
+    tr = synthetic_trace(3, 16, 4, seed=2)
+    assert replay("fixed", tr).summary["approximate"] is False and replay("fixed", tr).summary["dtype"] == "float32"
+    half = type(tr)(tr.prompt_ids, tr.tokens, tr.draft, tr.q, tr.entropy, tr.margin, tr.target_chain, tr.p_draft,
+                    tr.p_rank, tr.p_top1, tr.p_entropy, tr.cost, {**tr.meta, "dtype": "bfloat16"})
+    s = replay("fixed", half).summary
+    assert s["approximate"] is True and NOTE_HALF in s["notes"] and s["dtype"] == "bfloat16"
