@@ -236,7 +236,11 @@ class _Loop:
         n, n_new = self.n, self.n + len(block.committed)
         self.buf[0, n + 1 : n_new + 1] = torch.tensor(block.committed, device=self.device)
         if n + m + 1 > n_new:  # keep processed positions <= n_new - 1
-            self.cache.crop(n_new - (n + m + 1))
+            try:
+                self.cache.crop(n_new - (n + m + 1))
+            except RuntimeError as err:  # linear-attention / short-conv layer states (transformers 5.24)
+                raise DecodeError(f"the target's cache cannot be cropped to the committed prefix ({str(err)[:120]}); "
+                                  "allowed: targets whose layers all keep a croppable KV cache") from None
         self.drafter.advance(h)
         self.drafter.crop(n_new)
         self.n = n_new

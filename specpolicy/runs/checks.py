@@ -30,8 +30,8 @@ from .arms import Arm, plan_arms
 from .prompt_file import PromptFileError, read_prompt_file
 from .records import RecordStore
 
-__all__ = ["RunPlan", "UserError", "drafter_spec", "validate", "check_model", "check_data", "load", "prompts_for", "check_resume",
-           "remove_if_empty"]
+__all__ = ["RunPlan", "UserError", "check_data", "check_model", "check_resume", "drafter_spec", "load", "prompts_for",
+           "remove_if_empty", "validate"]
 
 DATA_SOURCES = ("stdlib_test", "file")
 SPLITS = ("test", "valid")  # held-out splits only: prompts from train would flatter the drafter
@@ -185,14 +185,17 @@ def load(m, drafter=None):
     or None: MTP); loading failures become one-line ``UserError``s."""
     import torch
 
-    from specpolicy.models.loading import ModelNotFoundError, load_model
+    from specpolicy.models.loading import load_model
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if m.device == "auto" else m.device
     try:
         return load_model(str(m.path), device=device, dtype=m.dtype, drafter=drafter_spec(drafter))
-    except (ModelNotFoundError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"model {m.path!r} could not be loaded: {first}") from None
+    except UserError:  # ModelNotFoundError, CheckpointError, DrafterSpecError: already one line
+        raise
+    except (OSError, ValueError, RuntimeError) as err:  # transformers / safetensors / a hub download
+        first = " ".join(str(err).strip().splitlines()[0].split()) if str(err).strip() else type(err).__name__
+        raise UserError(f"model {m.path!r} could not be loaded ({type(err).__name__}: {first[:300]}); allowed: a "
+                        "checkpoint directory or hub id with config.json and complete *.safetensors weights") from None
 
 
 def prompts_for(data, tokenizer) -> tuple[list, dict]:
