@@ -45,6 +45,7 @@ class ModelConf:
     path: str = "tiny"  # "tiny" (embedded), a checkpoint directory with MTP layers, or a hub id "org/name"
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda if available)
     dtype: Any = None  # float32 | float16 | bfloat16 | float64 | null (float32 on CPU, bfloat16 on CUDA)
+    trust_remote_code: bool = False  # run code shipped with a hub checkpoint (only if you trust it)
 
 
 @dataclass

@@ -189,7 +189,8 @@ def load(m, drafter=None):
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if m.device == "auto" else m.device
     try:
-        return load_model(str(m.path), device=device, dtype=m.dtype, drafter=drafter_spec(drafter))
+        return load_model(str(m.path), device=device, dtype=m.dtype, drafter=drafter_spec(drafter),
+                          trust_remote_code=bool(getattr(m, "trust_remote_code", False)))
     except UserError:  # ModelNotFoundError, CheckpointError, DrafterSpecError: already one line
         raise
     except (OSError, ValueError, RuntimeError) as err:  # transformers / safetensors / a hub download
