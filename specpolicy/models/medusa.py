@@ -1,0 +1,219 @@
+"""Medusa-1 heads: K residual blocks on the target's last hidden state, read through the target's own LM head.
+
+Indexing as in ``models.mtp``: ``h_i`` is the target's final hidden state at index i (the output of
+``target.get_decoder()``, already final-normed); the target's head reads it to predict ``t_{i+1}``. Head k (1-based)
+predicts ``t_{i+k+1}`` from the same ``h_i``::
+
+    logits_k(h_i) = lm_head(h_i + SiLU(W_k h_i + b_k))          W_k: [H, H], b_k: [H]
+
+The LM head is the target's (shared, frozen, never stored with the heads), so K heads cost K x (H^2 + H) parameters.
+W_k and b_k start at zero: every head starts as the target's next-token head. Drafting depth j reads head j; past the
+K heads the last head is re-used (its features at deeper depths are untrained: it keeps predicting t_{i+K+1}).
+
+On disk a directory holds ``heads.safetensors`` (``heads.{k}.weight`` / ``heads.{k}.bias``, k = 0..K-1) and
+``config.json`` (hidden_size, vocab_size, num_heads, the target they were trained for). ``load_model(path,
+drafter="medusa")`` reads ``<path>/medusa``; ``drafter="medusa:<dir>"`` any directory.
+
+Example:
+    >>> heads = MedusaHeads(hidden_size=320, vocab_size=4096, num_heads=4)
+    >>> logits = heads.logits(h, depth=1, lm_head=model.target.get_output_embeddings())   # h: [..., H] -> [..., V]
+    >>> save_medusa_heads(heads, "runs/heads/medusa", {"target_weights_sha256": sha})
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MedusaHeads", "head_for_depth", "load_medusa_heads", "medusa_agreement", "medusa_labels", "medusa_loss",
+           "save_medusa_heads"]
+
+WEIGHTS, CONFIG = "heads.safetensors", "config.json"
+FORMAT = "specpolicy-medusa-1"
+
+
+def head_for_depth(depth: int, num_heads: int) -> int:
+    """Index (0-based) of the head that drafts depth ``depth`` (1-based); past the last head, re-use it."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return min(depth, num_heads) - 1
+
+
+class MedusaHeads(nn.Module):
+    """K Medusa-1 residual heads (the LM head is passed in: it is the target's, not part of these weights)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, num_heads: int = 4):
+        super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads={num_heads} is invalid; allowed: >= 1")
+        self.hidden_size, self.vocab_size, self.num_heads = hidden_size, vocab_size, num_heads
+        self.heads = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_heads))
+        with torch.no_grad():
+            for lin in self.heads:  # zero residual branch: head k starts as the target's next-token head
+                lin.weight.zero_()
+                lin.bias.zero_()
+
+    def features(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """h + SiLU(W_k h + b_k) for head index k (0-based); h: [..., H] -> [..., H]."""
+        lin = self.heads[k]
+        return h + F.silu(lin(h.to(lin.weight.dtype)).to(h.dtype))
+
+    def logits(self, h: torch.Tensor, depth: int, lm_head: nn.Module) -> torch.Tensor:
+        """Logits [..., V] of the token ``depth + 1`` after the one ``h`` [..., H] predicts (depth 1-based)."""
+        return lm_head(self.features(h, head_for_depth(depth, self.num_heads)))
+
+    def forward(self, h: torch.Tensor, lm_head: nn.Module) -> list[torch.Tensor]:
+        """All K heads: list over k = 1..K of logits [..., V]."""
+        return [lm_head(self.features(h, k)) for k in range(self.num_heads)]
+
+
+def medusa_labels(seqs: torch.Tensor, num_heads: int, start: int) -> torch.Tensor:
+    """Labels [K, B, T - start] of every head at indices start..T-1: head k at index i is labelled ``seqs[i+k+1]``;
+    -100 (ignored) where that index is past the sequence. seqs: [B, T] token ids."""
+    B, T = seqs.shape
+    labels = torch.full((num_heads, B, T - start), -100, dtype=torch.long, device=seqs.device)
+    for k in range(1, num_heads + 1):
+        lo = start + k + 1  # label index of the first row
+        if lo < T:
+            labels[k - 1, :, : T - lo] = seqs[:, lo:]
+    return labels
+
+
+def medusa_loss(heads: MedusaHeads, lm_head: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """Mean CE per head. h: [N, H] hidden-state rows, labels: [K, N] (-100 ignored) -> list of K scalars."""
+    out = []
+    for k, logits in enumerate(heads(h, lm_head)):  # logits [N, V]
+        out.append(F.cross_entropy(logits.float(), labels[k], ignore_index=-100))
+    return out
+
+
+@torch.no_grad()
+def medusa_agreement(heads: MedusaHeads, lm_head: nn.Module, h: torch.Tensor, labels: torch.Tensor,
+                     chunk: int = 4096) -> list[tuple[int, int]]:
+    """(argmax == label, counted) per head over rows h [N, H] with labels [K, N] (-100 not counted)."""
+    hits, counts = [0] * heads.num_heads, [0] * heads.num_heads
+    for a in range(0, h.shape[0], chunk):
+        for k, logits in enumerate(heads(h[a : a + chunk], lm_head)):
+            lab = labels[k, a : a + chunk]
+            ok = lab != -100
+            hits[k] += int((logits.argmax(-1)[ok] == lab[ok]).sum())
+            counts[k] += int(ok.sum())
+    return list(zip(hits, counts))
+
+
+def save_medusa_heads(heads: MedusaHeads, out_dir: str | Path, meta: dict | None = None,
+                      dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``heads.safetensors`` (``dtype``) and ``config.json`` (sizes + ``meta``: the target fingerprint and
+    weights sha they were trained for, how). Returns the directory.
+
+    >>> save_medusa_heads(heads, "runs/x/medusa", {"target_fingerprint": model.fingerprint()})
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in heads.state_dict().items()}
+    save_file(sd, str(out / WEIGHTS), metadata={"format": "pt"})
+    config = {**(meta or {}), "format": FORMAT, "hidden_size": heads.hidden_size, "vocab_size": heads.vocab_size,
+              "num_heads": heads.num_heads, "dtype": str(dtype).removeprefix("torch.")}
+    (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _fail(message: str):
+    from .loading import CheckpointError
+
+    return CheckpointError(message)
+
+
+def _read_config(where: Path) -> dict:
+    allowed = "allowed: a directory written by save_medusa_heads (python -m experiments.train_heads)"
+    try:
+        config = json.loads((where / CONFIG).read_text())
+    except FileNotFoundError:
+        raise _fail(f"Medusa heads {where}: no {CONFIG}; {allowed}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _fail(f"Medusa heads {where}/{CONFIG} is unreadable ({type(err).__name__}); {allowed}") from None
+    config = config if isinstance(config, dict) else {}
+    missing = [k for k in ("hidden_size", "vocab_size", "num_heads") if not isinstance(config.get(k), int)]
+    if missing:
+        raise _fail(f"Medusa heads {where}/{CONFIG} lacks integer {', '.join(missing)}; {allowed}")
+    if config["num_heads"] < 1:
+        raise _fail(f"Medusa heads {where}/{CONFIG}: num_heads={config['num_heads']}; allowed: >= 1")
+    return config
+
+
+def _read_weights(where: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    f = where / WEIGHTS
+    if not f.exists():
+        raise _fail(f"Medusa heads {where}: no {WEIGHTS}; allowed: safetensors weights written by save_medusa_heads")
+    try:
+        return load_file(str(f))
+    except Exception as err:  # safetensors raises SafetensorError / OSError on truncated or foreign files
+        raise _fail(f"Medusa heads {f} is corrupt or not safetensors ({' '.join(str(err).split())[:120]}); "
+                    "allowed: an intact file written by save_medusa_heads") from None
+
+
+def _check_target(config: dict, target, where: Path) -> tuple[int, int]:
+    """The heads' sizes must be the target's: hidden size of its last hidden state, rows of its LM head."""
+    V, H = target.get_output_embeddings().weight.shape  # [V, H]
+    for key, ours in (("hidden_size", H), ("vocab_size", V)):
+        if config[key] != ours:
+            raise _fail(f"Medusa heads {where} were trained for a model with {key}={config[key]}, this target has "
+                        f"{key}={ours}; allowed: heads trained for this target (python -m experiments.train_heads)")
+    return H, V
+
+
+def _check_sha(config: dict, path: str, where: Path) -> None:
+    """Warn (not fail) when the heads name another target checkpoint of the same shape (e.g. a fine-tune)."""
+    card = Path(path) / "model_card.json"
+    want = config.get("target_weights_sha256")
+    if not want or not card.exists():
+        return
+    try:
+        have = json.loads(card.read_text()).get("weights_sha256")
+    except (OSError, json.JSONDecodeError):
+        return
+    if have and have != want:
+        warnings.warn(f"Medusa heads {where} were trained for target weights {want[:12]}, this target is "
+                      f"{have[:12]}: same shapes, other weights (acceptance may be lower)", stacklevel=3)
+
+
+def load_medusa_heads(target, path: str, arg: str, device, dtype) -> MedusaHeads:
+    """The heads in ``arg`` (a directory), or in ``<path>/medusa`` when ``arg`` is ""; in ``dtype``, on the device
+    of the target's LM head (the heads read its input; with a device map that is where the last hidden state is),
+    else on ``device``.
+
+    Heads made for another target (hidden size or vocabulary), a missing or corrupt file: ``CheckpointError``
+    (one line). Called by ``load_model(path, drafter="medusa[:<dir>]")``.
+
+    >>> heads = load_medusa_heads(target, "specpolicy/models/assets/tiny", "", "cpu", torch.float32)
+    """
+    where = Path(arg).expanduser() if arg else Path(path) / "medusa"
+    if not where.is_dir():
+        raise _fail(f"no Medusa heads at {where}; allowed: drafter=medusa:<dir> with {WEIGHTS} + {CONFIG} "
+                    "(train them with python -m experiments.train_heads)")
+    config = _read_config(where)
+    H, V = _check_target(config, target, where)
+    sd = _read_weights(where)
+    heads = MedusaHeads(H, V, config["num_heads"])
+    want = {k: tuple(v.shape) for k, v in heads.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in sd.items()}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:2]
+        raise _fail(f"Medusa heads {where}/{WEIGHTS} do not match its {CONFIG} (num_heads={config['num_heads']}, "
+                    f"hidden_size={H}): {diff}; allowed: the files written together by save_medusa_heads")
+    if not all(torch.isfinite(v).all() for v in sd.values()):
+        raise _fail(f"Medusa heads {where}/{WEIGHTS} hold non-finite values; allowed: finite weights")
+    heads.load_state_dict(sd)
+    _check_sha(config, path, where)
+    head = target.get_output_embeddings().weight
+    device = head.device if head.device.type != "meta" else device
+    return heads.to(device=device, dtype=dtype or head.dtype).eval().requires_grad_(False)

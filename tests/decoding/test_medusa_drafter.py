@@ -1,0 +1,96 @@
+"""The Medusa drafter: the protocol members read the right hidden state and head, and decoding with it is lossless
+(greedy = ``target.generate``; sampling keeps the target's law) on the harness's float64 models."""
+
+import torch
+
+from specpolicy import generate, get_policy
+from specpolicy.decoding.drafters import check_drafter, drafter_for
+from specpolicy.decoding.drafters.medusa import MedusaDrafter
+from specpolicy.models.medusa import MedusaHeads, medusa_labels, medusa_loss
+from specpolicy.models.mtp import MTPModel
+from specpolicy.models.unlikelihood import greedy_continue
+from specpolicy.testing import check_lossless, small_model
+
+_FITTED: dict[int, MedusaHeads] = {}
+
+
+def fitted_heads(model, num_heads: int = 3, steps: int = 60) -> MedusaHeads:
+    """Random (non-zero) heads fitted briefly to the model's greedy continuations: drafts are often, not always,
+    right. Cached per model (the harness's models are cached too)."""
+    key = id(model.target)
+    if key not in _FITTED:
+        torch.manual_seed(0)
+        cfg = model.target.config
+        V, H = cfg.vocab_size, cfg.hidden_size
+        prompts = torch.randint(0, V, (32, 4), generator=torch.Generator().manual_seed(0))
+        seqs = greedy_continue(model.target, prompts, 24)  # [32, 28]
+        with torch.no_grad():
+            h = model.target.get_decoder()(input_ids=seqs).last_hidden_state[:, 3:].reshape(-1, H)
+        labels = medusa_labels(seqs, num_heads, 3).reshape(num_heads, -1)
+        heads = MedusaHeads(H, V, num_heads).to(model.dtype)
+        with torch.no_grad():
+            for lin in heads.heads:
+                lin.weight.normal_(0, H ** -0.5)
+        opt = torch.optim.Adam(heads.parameters(), lr=1e-2)
+        lm_head = model.target.get_output_embeddings()
+        for _ in range(steps):
+            loss = torch.stack(medusa_loss(heads, lm_head, h, labels)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        _FITTED[key] = heads.requires_grad_(False)
+    return _FITTED[key]
+
+
+def factory(model) -> MedusaDrafter:
+    return MedusaDrafter(fitted_heads(model), model.target)
+
+
+def test_draft_reads_head_j_at_the_frontier_and_crop_keeps_the_committed_prefix():
+    torch.set_num_threads(1)
+    model = small_model(seed=0, k=1)
+    heads = fitted_heads(model)
+    d = check_drafter(MedusaDrafter(heads, model.target))
+    assert (d.name, d.native_depths) == ("medusa", 3)
+    ids = torch.tensor([[5, 9, 2, 7, 11, 3, 8, 1]])
+    with torch.no_grad():
+        h = model.target.get_decoder()(input_ids=ids).last_hidden_state  # [1, 8, H]
+        lm_head = model.target.get_output_embeddings()
+        d.begin(ids, 5, h[:, :5])
+        for j in (1, 2, 3, 5):  # depth 5 > K: the last head again
+            want = lm_head(heads.features(h[0, 4], min(j, 3) - 1))
+            assert torch.equal(d.draft(j, ids, 5), want)
+        d.advance(h[:, 5:8])  # block at indices 5..7 verified
+        d.crop(7)  # committed up to t_7: indices 0..6 processed and kept
+        assert d.hidden.shape[1] == 7 and torch.equal(d.hidden, h[:, :7])
+        assert torch.equal(d.draft(1, ids, 7), lm_head(heads.features(h[0, 6], 0)))
+
+
+def test_registry_builds_the_medusa_drafter_from_a_loaded_model():
+    model = small_model(seed=0, k=1)
+    wrapped = MTPModel(model.target, fitted_heads(model), None, drafter_name="medusa")
+    d = drafter_for(wrapped)
+    assert isinstance(d, MedusaDrafter) and d.heads is wrapped.drafter
+
+
+def test_fixed_is_lossless_with_medusa_heads_greedy_and_sampling():
+    torch.set_num_threads(1)
+    report = check_lossless(get_policy("fixed", k=3), drafter=factory, n_samples=400)
+    assert report.greedy_prompts == 24 and report.greedy_exact == 24 and report.sampling_p_value > 1e-3
+
+
+def test_threshold_is_lossless_with_medusa_heads():
+    torch.set_num_threads(1)
+    report = check_lossless(get_policy("threshold", tau_extend=0.2, k_max=5), drafter=factory, sampling=False)
+    assert report.greedy_exact == report.greedy_prompts == 24
+
+
+def test_drafts_are_sometimes_right_and_sometimes_wrong():
+    """The lossless checks above have teeth: the heads' drafts are neither all accepted nor all rejected."""
+    model = small_model(seed=1, k=2)
+    accepted = drafted = 0
+    for seed in range(4):
+        prompt = torch.randint(0, 64, (6,), generator=torch.Generator().manual_seed(seed)).tolist()
+        res = generate(model, prompt, "fixed", k=3, max_new_tokens=32, drafter=factory(model))
+        accepted, drafted = accepted + res.stats.accepted, drafted + res.stats.drafted
+    assert 0 < accepted < drafted
