@@ -7,6 +7,7 @@
     harness      prompts x runners, warmed up and interleaved (runner, bench, replay report)
     cost         the device cost model and its one measurement
     probe        a hook that drafts past the policy's drafts (trace recording)
+    precision    what lossless means in finite precision: near-ties, mismatches, float32 self-consistency
     result       ``GenerationResult``, ``StepRecord``, ``GenerationStats``
 """
 

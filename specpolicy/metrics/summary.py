@@ -15,7 +15,7 @@ Every figure is a *ratio of sums over prompts* (pooled), so long and short gener
     lossy_token_rate  = sum lossy tokens / sum new tokens;   lossy_error_rate = sum shadow rejects / sum new tokens
     exact_match_rate  = share of prompts whose output equals the reference's (``ar``) token for token
     near_tie_rate, mismatch_rate = (lossless policies, greedy) shares of prompts whose output leaves ar's at a
-                        numerical near-tie / otherwise (``testing.precision``); a lossless mismatch is a bug
+                        numerical near-tie / otherwise (``decoding.precision``); a lossless mismatch is a bug
     first_divergence  = mean index of the first differing token (= the length when equal)
     target_nll        = sum NLL / sum tokens of the output under the target (teacher forced)
 

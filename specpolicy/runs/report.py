@@ -51,5 +51,5 @@ def console_table(summary: dict, precision: bool = False) -> str:
     lines.append(f"(speedup and exact match against {ref}, same run)" if ref else "(no ar reference: baselines=false)")
     if precision:
         lines.append("(near-tie: left ar's output where the target's float32 top-2 gap is within the dtype's rounding; "
-                     "see specpolicy.testing.precision)")
+                     "see specpolicy.decoding.precision)")
     return "\n".join(lines + bugs)

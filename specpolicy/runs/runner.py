@@ -71,10 +71,10 @@ def decode_run(plan: RunPlan, model, prompts, store: RecordStore, progress: bool
 
 def classify_divergences(plan: RunPlan, model, prompts, store: RecordStore, run_dir: str | Path) -> dict:
     """For every lossless arm's greedy output that differs from ``ar``'s on a prompt: a numerical near-tie or a
-    mismatch (``testing.precision.classify_divergence``: the target's float32 gap between the two tokens at the
+    mismatch (``decoding.precision.classify_divergence``: the target's float32 gap between the two tokens at the
     first differing position, against the dtype's tolerance). Written to ``divergences.json`` as
     {"<prompt id>|<policy>": {kind, index, gap, tolerance}}; nothing for sampling runs (no reference)."""
-    from ..testing.precision import classify_divergence
+    from ..decoding.precision import classify_divergence
 
     out = {}
     if not plan.sampling:

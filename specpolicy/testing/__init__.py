@@ -20,10 +20,7 @@ Example:
     >>> check_lossless(MyPolicy(), drafter=lambda model: MyDrafter(model))
 """
 
-from .contract import check_action, check_policy, random_state, simulate
-from .lossless import LosslessReport, check_lossless, exact_compare, greedy_accounting, hf_greedy
-from .models import shape_model, small_model
-from .precision import (
+from ..decoding.precision import (
     NEAR_TIE_MARGIN,
     Consistency,
     Divergence,
@@ -31,6 +28,9 @@ from .precision import (
     near_tie_tolerance,
     self_consistency,
 )
+from .contract import check_action, check_policy, random_state, simulate
+from .lossless import LosslessReport, check_lossless, exact_compare, greedy_accounting, hf_greedy
+from .models import shape_model, small_model
 
 __all__ = ["NEAR_TIE_MARGIN", "Consistency", "Divergence", "LosslessReport", "check_action", "classify_divergence",
            "near_tie_tolerance", "self_consistency", "check_lossless", "check_policy", "exact_compare", "greedy_accounting",
