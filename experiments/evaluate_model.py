@@ -141,6 +141,42 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def drafter_card_lines(model_dir: Path) -> list[str]:
+    """The Medusa heads' and the draft model's cards (``medusa/card.json``, ``draft/card.json`` beside the model), as
+    markdown sections: what was trained, with which command, and what it measured on the test split."""
+    lines = []
+    medusa = model_dir / "medusa" / "card.json"
+    if medusa.exists():
+        c = json.loads(medusa.read_text())
+        lines += ["", f"## Medusa heads (`medusa/`, {c['num_heads']} heads, {c['parameters']} parameters, "
+                  f"{sum(c['files_bytes'].values())} bytes)", "",
+                  f"Trained by `{c['command']}` on the frozen target's greedy continuations of "
+                  f"{c['train_split']}-split prompts; measured on the {c['eval_split']} split.", "",
+                  "| depth | agreement with the target's greedy token (untrained heads) |", "|---|---|"]
+        lines += [f"| {j} | {d['agreement']:.3f} ({d['untrained']:.3f}) |" for j, d in c["agreement_by_depth"].items()]
+        dec = c["decode"]
+        lines += ["", f"Decoding {dec['prompts']} test prompts x {dec['max_new_tokens']} tokens with {dec['policy']}: "
+                  f"TPF {dec['tpf']:.2f}."]
+    draft = model_dir / "draft" / "card.json"
+    if draft.exists():
+        c = json.loads(draft.read_text())
+        ev, arch = c["evaluation"], c["architecture"]
+        lines += ["", f"## Draft model (`draft/`, {arch['num_layers']} layers, {c['parameters_own']} own parameters, "
+                  f"{sum(c['file_bytes'].values())} bytes; shares the {arch['shares']})", "",
+                  f"Trained by `{c['training']['command']}` ({c['training']['steps']} steps, "
+                  f"{c['training']['wall_clock_s']:.0f} s); measured on {ev['prompts']} test prompts x "
+                  f"{ev['max_new_tokens']} tokens with {ev['policy']}.", "",
+                  "| drafter | TPF | acceptance at depth 1 / 2 / 3 / 4 |", "|---|---|---|"]
+        for name, key in (("draft model", "draft"), ("MTP layers (same prompts)", "mtp_baseline")):
+            if key in ev:
+                acc = " / ".join(f"{a:.3f}" for a in ev[key]["acceptance_by_depth"])
+                lines.append(f"| {name} | {ev[key]['tpf']:.2f} | {acc} |")
+        if "teacher_forced_agreement" in ev.get("draft", {}):
+            lines += ["", f"Teacher-forced next-token agreement with the target: "
+                      f"{ev['draft']['teacher_forced_agreement']:.3f}."]
+    return lines
+
+
 def write_card(model_name: str, report: dict) -> Path:
     d = Path(resolve_model_path(model_name))
     card_path = d / "model_card.json"
@@ -151,7 +187,7 @@ def write_card(model_name: str, report: dict) -> Path:
     tmp = card_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, card_path)
-    (d / "MODEL_CARD.md").write_text(model_card_markdown(card))
+    (d / "MODEL_CARD.md").write_text(model_card_markdown(card) + "\n".join(drafter_card_lines(d)) + "\n")
     return card_path
 
 

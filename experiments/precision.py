@@ -6,7 +6,7 @@
 
 For each dtype the model is loaded in it, every prompt is decoded by transformers' ``generate(do_sample=False)``
 (the reference) and by each lossless policy; every output that leaves the reference is classified at its first
-differing position as a numerical near-tie or a mismatch (``specpolicy.testing.precision``: the target's float32
+differing position as a numerical near-tie or a mismatch (``specpolicy.decoding.precision``: the target's float32
 gap between the two tokens on the reference's prefix, against ``NEAR_TIE_MARGIN * eps(dtype) * max|z|``), and every
 output passes the self-consistency check (each committed verified/target token is the float32 argmax or within the
 tolerance of it). The rounding itself is measured too: the largest difference between a logit from a block forward

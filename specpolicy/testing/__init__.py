@@ -10,6 +10,7 @@
     classify_divergence / self_consistency         precision-aware equivalence: a divergence from generate() is a
                                                    numerical near-tie or a mismatch (``precision``)
     small_model(...)                               the small float64 MTP models the checks use
+    drafter_factory(kind), with_drafter            a drafter of every kind (mtp, medusa, draft, ngram) for them
 
 No model is downloaded: the harness builds its own models. The project's own contract tests run both over every
 registered policy.
@@ -29,9 +30,10 @@ from ..decoding.precision import (
     self_consistency,
 )
 from .contract import check_action, check_policy, random_state, simulate
+from .drafters import DRAFTER_KINDS, drafter_factory, with_drafter
 from .lossless import LosslessReport, check_lossless, exact_compare, greedy_accounting, hf_greedy
 from .models import shape_model, small_model
 
-__all__ = ["NEAR_TIE_MARGIN", "Consistency", "Divergence", "LosslessReport", "check_action", "classify_divergence",
+__all__ = ["DRAFTER_KINDS", "NEAR_TIE_MARGIN", "Consistency", "Divergence", "LosslessReport", "check_action", "classify_divergence",
            "near_tie_tolerance", "self_consistency", "check_lossless", "check_policy", "exact_compare", "greedy_accounting",
-           "hf_greedy", "random_state", "shape_model", "simulate", "small_model"]
+           "drafter_factory", "hf_greedy", "random_state", "shape_model", "simulate", "small_model", "with_drafter"]

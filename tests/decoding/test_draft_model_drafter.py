@@ -1,26 +1,16 @@
 """The draft-model drafter: lossless through the harness (greedy and sampling), and its cache reads exactly the
 context a from-scratch forward of the draft model reads, through catch-up and crops."""
 
-import functools
 
 import torch
 
 from specpolicy.decoding.drafters import DRAFTERS, check_drafter, drafter_for
 from specpolicy.decoding.drafters.draft_model import DraftModelDrafter
-from specpolicy.models.draft_model import build_shared_draft
 from specpolicy.models.mtp import MTPModel
 from specpolicy.policies import get_policy
 from specpolicy.policies.registry import MAX_DEPTH
 from specpolicy.testing import check_lossless, small_model
-
-
-@functools.lru_cache(maxsize=16)
-def _lm(target, init: bool = True):
-    """A 1-layer draft LM sharing ``target``'s embedding and head (float64); its layer copied from the target's
-    first layer (``init``: drafts often right) or random."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return build_shared_draft(target, 1, init_layers=(0,) if init else None)
+from specpolicy.testing.drafters import _draft_lm as _lm
 
 
 def factory(model):

@@ -6,40 +6,14 @@ import torch
 from specpolicy import generate, get_policy
 from specpolicy.decoding.drafters import check_drafter, drafter_for
 from specpolicy.decoding.drafters.medusa import MedusaDrafter
-from specpolicy.models.medusa import MedusaHeads, medusa_labels, medusa_loss
 from specpolicy.models.mtp import MTPModel
-from specpolicy.models.unlikelihood import greedy_continue
 from specpolicy.testing import check_lossless, small_model
+from specpolicy.testing.drafters import _medusa_heads
 
-_FITTED: dict[int, MedusaHeads] = {}
 
-
-def fitted_heads(model, num_heads: int = 3, steps: int = 60) -> MedusaHeads:
-    """Random (non-zero) heads fitted briefly to the model's greedy continuations: drafts are often, not always,
-    right. Cached per model (the harness's models are cached too)."""
-    key = id(model.target)
-    if key not in _FITTED:
-        torch.manual_seed(0)
-        cfg = model.target.config
-        V, H = cfg.vocab_size, cfg.hidden_size
-        prompts = torch.randint(0, V, (32, 4), generator=torch.Generator().manual_seed(0))
-        seqs = greedy_continue(model.target, prompts, 24)  # [32, 28]
-        with torch.no_grad():
-            h = model.target.get_decoder()(input_ids=seqs).last_hidden_state[:, 3:].reshape(-1, H)
-        labels = medusa_labels(seqs, num_heads, 3).reshape(num_heads, -1)
-        heads = MedusaHeads(H, V, num_heads).to(model.dtype)
-        with torch.no_grad():
-            for lin in heads.heads:
-                lin.weight.normal_(0, H ** -0.5)
-        opt = torch.optim.Adam(heads.parameters(), lr=1e-2)
-        lm_head = model.target.get_output_embeddings()
-        for _ in range(steps):
-            loss = torch.stack(medusa_loss(heads, lm_head, h, labels)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        _FITTED[key] = heads.requires_grad_(False)
-    return _FITTED[key]
+def fitted_heads(model):
+    """Random heads fitted briefly to the model's greedy continuations (``specpolicy.testing.drafters``)."""
+    return _medusa_heads(model.target)
 
 
 def factory(model) -> MedusaDrafter:
