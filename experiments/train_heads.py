@@ -1,7 +1,7 @@
 """Train Medusa-1 heads for a frozen target by self-distillation on its own greedy continuations.
 
     python -m experiments.train_heads                                  # 4 heads for the embedded tiny model
-    python -m experiments.train_heads smoke=true hydra.run.dir=/tmp/h  # seconds: what the tests run
+    python -m experiments.train_heads smoke=true hydra.run.dir=runs/train_heads/smoke   # seconds: what the tests run
     python -m experiments.train_heads install=true                     # also ship them in assets/tiny/medusa/
     python -m experiments.train_heads model=hf model.path=DIR num_heads=3 out=DIR/medusa
 
