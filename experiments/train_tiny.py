@@ -44,7 +44,8 @@ from specpolicy.data import load_corpus
 from specpolicy.data.prompts import sample_prompts
 from specpolicy.data.tokenizer import as_transformers, train_tokenizer
 from specpolicy.data.tokens import encode_split
-from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model, resolve_model_path, save_checkpoint
+from specpolicy.models.checkpoint import save_checkpoint
+from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model, resolve_model_path
 from specpolicy.models.training import add_dropout, batch_at, loop_monitor, mtp_losses, ul_step_loss
 
 

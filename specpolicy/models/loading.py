@@ -1,8 +1,10 @@
-"""Build, save and load MTP models: the embedded ``tiny`` model and Hugging Face checkpoints with MTP layers.
+"""Build and load MTP models: the embedded ``tiny`` model and Hugging Face checkpoints with MTP layers.
 
 Checkpoints are stored in the DeepSeek-V3 layout: the K MTP layers sit after the backbone as ``model.layers.{L+k}.*``
 (``enorm``, ``hnorm``, ``eh_proj``, the decoder block's weights, ``post_norm``), and are loaded with transformers'
 own ``MtpModel.from_pretrained``. So the embedded model and a real DeepSeek-V3 / GLM-4.5 checkpoint take the same path.
+
+Writing checkpoints in that layout: ``specpolicy.models.checkpoint``.
 
 Example:
     >>> model = load_model("tiny")                     # shipped inside the package, no download
@@ -12,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -87,37 +88,6 @@ def build_mtp_model(config, tokenizer=None, name: str = "custom", seed: int | No
 
 def _mtp_key_patterns(num_hidden_layers: int, k: int) -> list[str]:
     return [rf"model\.layers\.{num_hidden_layers + i}\." for i in range(k)]
-
-
-def mtp_state_dict_deepseek_layout(model: MTPModel) -> dict[str, torch.Tensor]:
-    """Target + MTP weights with MTP layer k stored as ``model.layers.{L+k}.*`` (shared head/embedding omitted)."""
-    L = model.target.config.get_text_config().num_hidden_layers
-    sd = dict(model.target.state_dict())
-    for key, v in model.drafter.state_dict().items():
-        if not key.startswith("layers."):
-            continue  # embed_tokens / shared_head are the target's own
-        _, idx, *rest = key.split(".")
-        if rest[0] == "mtp_block":
-            rest = rest[1:]
-        sd[f"model.layers.{L + int(idx)}." + ".".join(rest)] = v
-    return sd
-
-
-def save_checkpoint(model: MTPModel, out_dir: str | Path, card: dict | None = None, dtype=torch.float16) -> Path:
-    """Write config.json, model.safetensors (DeepSeek layout, ``dtype``), tokenizer files and model card."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in mtp_state_dict_deepseek_layout(model).items()}
-    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    model.target.config.save_pretrained(out)
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(out)
-    if card is not None:
-        card = dict(card, weights_sha256=hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
-        (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    return out
 
 
 @contextlib.contextmanager

@@ -2,13 +2,8 @@
 
 import torch
 
-from specpolicy.models.loading import (
-    TinyConfig,
-    build_mtp_model,
-    load_model,
-    mtp_state_dict_deepseek_layout,
-    save_checkpoint,
-)
+from specpolicy.models.checkpoint import mtp_state_dict_deepseek_layout, save_checkpoint
+from specpolicy.models.loading import TinyConfig, build_mtp_model, load_model
 from specpolicy.models.mtp import layer_for_depth, mtp_chain_logits
 
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from specpolicy.errors import UserError
+from specpolicy.models.checkpoint import mtp_state_dict_deepseek_layout as deepseek_layout
 from specpolicy.models.loading import CheckpointError, ModelNotFoundError, build_mtp_model, load_model
-from specpolicy.models.loading import mtp_state_dict_deepseek_layout as deepseek_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 _ATTN = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
