@@ -1,36 +1,46 @@
 """The device cost model of one decode step, and the one place it is measured.
 
 A step with m drafts costs ``t_target(m+1)`` (one target forward over the block [t_n, d_1..d_m]) plus ``m`` drafter
-steps. ``measure_cost`` times both the way the decoder runs them (medians of interleaved repetitions, CUDA
-synchronised); replay, tuning and the benchmark all read the same ``CostModel``.
+steps plus the loop's own overhead (fixed per step, and per draft). ``measure_cost`` times the model parts the way
+the decoder runs them (medians of interleaved repetitions, CUDA synchronised) and fits the overhead to the decoder's
+wall clock; replay, tuning, the cost-aware policy and the benchmark all read the same ``CostModel``.
 
 Example:
-    >>> cost = measure_cost(load_model("tiny"), ctx=prompt_ids, k=8, reps=30)
-    >>> cost.c(4), cost.t_mtp / cost.t_target[0]
+    >>> cost = measure_cost(load_model("tiny"), ctx=prompt_ids, k=8, reps=30, loop_reps=3)
+    >>> cost.c(4), cost.t_mtp / cost.t_target[0], cost.t_overhead / cost.t_target[0]
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["CostModel", "measure_cost"]
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Device cost of one step: ``t_target[m-1]`` = seconds of a target forward over m tokens (m = 1..K+1),
-    ``t_mtp`` = seconds of one drafter step. ``c(m) = t_target[m-1] / t_target[0]``.
+    """Device cost of one step with m drafts, in seconds:
+
+        step_s(m) = t_target(m + 1) + m * t_mtp + t_overhead + m * t_overhead_draft
+
+    ``t_target[m-1]``: a target forward + head over m tokens (m = 1..K+1); ``t_mtp``: one drafter step;
+    ``t_overhead``: the loop's fixed cost per step besides model compute (policy, walk, commit, crops, records, host
+    syncs); ``t_overhead_draft``: its cost per draft (drafting features, the policy asked once more). The two
+    overhead terms are fitted to the decoder's own wall clock (``measure_cost(..., loop_reps=...)``); 0 for a cost
+    model of model compute only, which ``compute_s`` always gives. ``c(m) = t_target[m-1] / t_target[0]``.
 
     Example:
-        >>> cm = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002)
-        >>> round(cm.c(3), 2), round(cm.step_s(2), 4)       # step with 2 drafts: forward over 3 tokens + 2 drafts
-        (1.2, 0.016)
+        >>> cm = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.001)
+        >>> round(cm.c(3), 2), round(cm.step_s(2), 4), round(cm.compute_s(2), 4)
+        (1.2, 0.017, 0.016)
     """
 
     t_target: tuple[float, ...]
     t_mtp: float
+    t_overhead: float = 0.0
+    t_overhead_draft: float = 0.0
 
     def c(self, m: int) -> float:
         return self.forward_s(m) / self.t_target[0]
@@ -43,29 +53,44 @@ class CostModel:
         slope = (t[-1] - t[-2]) if len(t) > 1 else t[-1]
         return t[-1] + (m - len(t)) * max(slope, 0.0)
 
-    def step_s(self, drafted: int) -> float:
-        """Modelled seconds of one step with ``drafted`` drafts: c(m+1) * t_target(1) + m * t_mtp."""
+    def compute_s(self, drafted: int) -> float:
+        """Model compute of a step with ``drafted`` drafts: t_target(m+1) + m * t_mtp (no loop overhead)."""
         return self.forward_s(drafted + 1) + drafted * self.t_mtp
 
+    def step_s(self, drafted: int) -> float:
+        """Modelled wall-clock seconds of one step with ``drafted`` drafts (class docstring)."""
+        return self.compute_s(drafted) + self.t_overhead + drafted * self.t_overhead_draft
+
     def to_dict(self) -> dict:
-        return {"t_target": list(self.t_target), "t_mtp": self.t_mtp,
+        return {"t_target": list(self.t_target), "t_mtp": self.t_mtp, "t_overhead": self.t_overhead,
+                "t_overhead_draft": self.t_overhead_draft,
                 "c": [self.c(m) for m in range(1, len(self.t_target) + 1)], "mtp_rel": self.t_mtp / self.t_target[0]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> CostModel:
+        """Inverse of ``to_dict`` (cost models stored before the overhead terms existed load with them at 0)."""
+        return cls(tuple(float(t) for t in d["t_target"]), float(d["t_mtp"]), float(d.get("t_overhead", 0.0)),
+                   float(d.get("t_overhead_draft", 0.0)))
 
 
-def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None) -> CostModel:
+def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_reps: int = 0, loop_tokens: int = 48,
+                 engine: str = "auto") -> CostModel:
     """The cost model of ``model`` after a context ``ctx`` (token ids), timed as the decoder runs (medians of
-    ``reps`` after one warm-up repetition; CUDA synchronised around every timed call):
+    ``reps`` after one warm-up repetition; CUDA synchronised around every timed call; ``engine`` as in ``generate``):
 
     t_target[m-1]: target forward + head over m new tokens after a KV cache of ``ctx`` (the cache is cropped back
                    after each call), m = 1..K+1, interleaved within each repetition so load drift hits every m alike;
     t_mtp:         one drafting step at depth 1 of ``drafter`` (default: the model's own, ``drafter_for``) on one
-                   new position, its state caught up over ``ctx`` first, as the decoder drafts.
+                   new position, its state caught up over ``ctx`` first, as the decoder drafts;
+    t_overhead, t_overhead_draft: with ``loop_reps`` > 0, ``generate`` decodes ``loop_tokens`` tokens after ``ctx``
+                   with ``ar`` and ``fixed k`` for k = 1..K, ``loop_reps`` times interleaved; per run, the wall clock
+                   per step (prefill excluded) minus the modelled compute of its steps is the loop's overhead, and
+                   a least-squares line over the mean drafts per step gives the fixed and per-draft terms.
     """
     import torch
-    from transformers import DynamicCache
 
     from .drafters import drafter_for
+    from .engine import causal_forward
 
     def timed(fn) -> float:
         if model.device.type == "cuda":
@@ -76,23 +101,23 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None) -> Cost
             torch.cuda.synchronize(model.device)
         return time.perf_counter() - t0
 
-    body, head = model.target.get_decoder(), model.target.get_output_embeddings()
+    head = model.target.get_output_embeddings()
     P = len(ctx)
     ids = torch.tensor([list(ctx) + [0] * (k + 2)], device=model.device)  # [1, P + K + 2]
     with torch.inference_mode():
-        cache = DynamicCache(config=model.target.config)
-        h = body(input_ids=ids[:, :P], cache=cache).last_hidden_state  # [1, P, H]
+        fwd = causal_forward(model.target, engine)
+        h = fwd.forward(ids[:, :P])  # [1, P, H]
         vocab = model.target.config.get_text_config().vocab_size
         times: dict[int, list[float]] = {m: [] for m in range(1, k + 2)}
         for rep in range(reps + 1):
             for m in range(1, k + 2):
                 x = torch.randint(0, vocab, (1, m), device=model.device)
-                t = timed(lambda x=x: head(body(input_ids=x, cache=cache).last_hidden_state))
-                cache.crop(-m)
+                t = timed(lambda x=x: head(fwd.forward(x)))
+                fwd.crop(P)
                 if rep:  # repetition 0 warms up
                     times[m].append(t)
         t_target = [statistics.median(times[m]) for m in range(1, k + 2)]
-        d = drafter_for(model) if drafter is None else drafter
+        d = drafter_for(model, engine) if drafter is None else drafter
         n = P - 1  # t_n = ctx[-1] is the last committed token; the prompt hidden states cover 0..n-1
         d.begin(ids, n, h[:, :n])
         d.draft(1, ids, n)  # catch up over the context once
@@ -100,4 +125,34 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None) -> Cost
         for _ in range(reps + 1):
             d.crop(n)  # forget the last position: the next draft processes exactly one index
             ts.append(timed(lambda: d.draft(1, ids, n)))
-    return CostModel(tuple(t_target), statistics.median(ts[1:]))
+    compute = CostModel(tuple(t_target), statistics.median(ts[1:]))
+    if loop_reps <= 0:
+        return compute
+    a, b = _fit_overhead(model, list(ctx), k, compute, loop_reps, loop_tokens, engine, drafter)
+    return replace(compute, t_overhead=a, t_overhead_draft=b)
+
+
+def _fit_overhead(model, ctx: list[int], k: int, compute: CostModel, reps: int, tokens: int, engine: str,
+                  drafter) -> tuple[float, float]:
+    """(fixed, per-draft) loop overhead: least squares of (wall per step - modelled compute per step) on drafts per
+    step over ``reps`` interleaved runs of ar and fixed k = 1..K (``measure_cost``)."""
+    import numpy as np
+
+    from ..policies import get_policy
+    from .decoder import generate
+
+    policies = [get_policy("ar")] + [get_policy("fixed", k=j) for j in range(1, k + 1)]
+    xs, ys = [], []
+    for rep in range(reps + 1):
+        for pol in policies:
+            res = generate(model, ctx, pol, max_new_tokens=tokens, max_draft=k, drafter=drafter, engine=engine)
+            if rep == 0 or not res.steps:  # repetition 0 warms up
+                continue
+            per_step = (res.stats.wall_s - res.stats.prefill_s) / len(res.steps)
+            drafts = [len(s.drafts) for s in res.steps]
+            xs.append(sum(drafts) / len(drafts))
+            ys.append(per_step - sum(compute.compute_s(m) for m in drafts) / len(drafts))
+    if len(set(xs)) < 2:
+        return float(np.median(ys)), 0.0
+    b, a = np.polyfit(xs, ys, 1)
+    return float(a), float(b)

@@ -21,19 +21,14 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import DynamicCache
 
-from ..errors import UserError
 from ..policies import Policy, StepOutcome, StepState, get_policy
 from ..policies.base import AcceptanceStats
 from .acceptance import draft_features, relaxed_rule, residual, sampling_accept, warp
 from .drafters import Drafter, check_drafter, drafter_for
+from .engine import DecodeError, causal_forward
 from .result import GenerationResult, StepRecord, summarise
 from .step import Block, draft_phase, trust_mask, walk
-
-
-class DecodeError(UserError):
-    """Bad arguments to ``generate`` (one clear line: what is wrong, what is allowed)."""
 
 
 def _check_args(max_new_tokens: int, temperature: float, top_p: float, top_k: int, max_draft: int) -> None:
@@ -81,6 +76,7 @@ def generate(
     max_draft: int = 16,
     drafter: Drafter | None = None,
     probe=None,
+    engine: str = "auto",
     **policy_params,
 ) -> GenerationResult:
     """Decode ``prompt`` with ``policy`` (a registered name or a ``Policy`` instance).
@@ -89,20 +85,22 @@ def generate(
     q, drawing from a ``torch.Generator`` seeded with ``seed``. ``drafter``: any object implementing the ``Drafter``
     protocol (default: the model's own, ``drafter_for(model)``). ``probe``: a hook called after each draft phase as
     ``probe(state, next_draft)``, which may draft deeper (never verified; trace recording uses it to see the chain
-    up to ``probe.depth``); it is not called at all when None.
+    up to ``probe.depth``); it is not called at all when None. ``engine``: how the target runs (``decoding.engine``):
+    "auto" takes the lean forward where it reproduces the model bit for bit (Llama-family with SDPA), transformers'
+    modules otherwise; "lean" insists; "transformers" always uses transformers' modules (drafters use their own).
 
     >>> res = generate(load_model("tiny"), "import os\\n", "fixed", k=3, max_new_tokens=32)
     """
     _check_args(max_new_tokens, temperature, top_p, top_k, max_draft)
     policy = get_policy(policy, **policy_params) if isinstance(policy, str) else policy
     ids = _prompt_ids(model, prompt)
-    drafter = drafter_for(model) if drafter is None else check_drafter(drafter)
+    drafter = drafter_for(model, engine) if drafter is None else check_drafter(drafter)
     if policy.requires_drafter is not None and policy.requires_drafter != drafter.name:
         raise DecodeError(f"{policy.name} is fitted to drafter {policy.requires_drafter}, not {drafter.name}; allowed: "
                           f"that drafter, or the policy fitted for {drafter.name}")
     judge = _Greedy if temperature == 0 else _Sampling
     loop = _Loop(model, policy, drafter, judge, {"temperature": temperature, "top_p": top_p, "top_k": top_k},
-                 seed, max_draft, probe)
+                 seed, max_draft, probe, engine)
     return loop.run(ids, max_new_tokens)
 
 
@@ -150,7 +148,7 @@ class _Loop:
     """One generation: the token buffer, the target's KV cache, the drafter, what has been committed."""
 
     def __init__(self, model, policy: Policy, drafter: Drafter, judge: type[_Greedy], warp_kw: dict,
-                 seed: int | None, max_draft: int, probe):
+                 seed: int | None, max_draft: int, probe, engine: str):
         self.model, self.policy, self.drafter, self.judge = model, policy, drafter, judge
         self.relaxed = relaxed_rule(policy.acceptance)
         self.sample, self.warp_kw = judge is _Sampling, warp_kw
@@ -158,7 +156,7 @@ class _Loop:
         self.gen = torch.Generator(self.device)
         self.gen.manual_seed(seed if seed is not None else 0)
         self.max_draft, self.probe = max_draft, probe
-        self.body, self.head = model.target.get_decoder(), model.target.get_output_embeddings()
+        self.engine, self.head = engine, model.target.get_output_embeddings()
         self.eos = _eos_ids(model)
         self.sync = self.device.type == "cuda"
 
@@ -185,8 +183,8 @@ class _Loop:
         depth = max(self.max_draft, getattr(self.probe, "depth", 0))
         self.buf = torch.zeros(1, P + max_new + depth + 2, dtype=torch.long, device=self.device)  # tokens, drafts
         self.buf[0, :P] = torch.tensor(prompt_ids, device=self.device)
-        self.cache = DynamicCache(config=self.model.target.config)
-        h = self.body(input_ids=self.buf[:, :P], cache=self.cache).last_hidden_state  # [1, P, H]
+        self.fwd = causal_forward(self.model.target, self.engine)
+        h = self.fwd.forward(self.buf[:, :P])  # [1, P, H]
         logits = self.head(h[:, -1:])[0, -1]  # [V]
         t0 = int(torch.multinomial(warp(logits, **self.warp_kw), 1, generator=self.gen)[0]) if self.sample \
             else int(logits.argmax())
@@ -208,7 +206,7 @@ class _Loop:
         if self.probe is not None:
             self.probe(state, self.next_draft)
         t_verify = self.clock()
-        h = self.body(input_ids=self.buf[:, self.n : self.n + m + 1], cache=self.cache).last_hidden_state  # [1,m+1,H]
+        h = self.fwd.forward(self.buf[:, self.n : self.n + m + 1])  # [1, m+1, H]
         judge = self.judge(self, self.head(h)[0], state.drafts)  # logits [m+1, V]
         block = walk(state.drafts, mask, judge, self.relaxed is not None, self.eos)
         self.commit(block, h, m)
@@ -236,11 +234,7 @@ class _Loop:
         n, n_new = self.n, self.n + len(block.committed)
         self.buf[0, n + 1 : n_new + 1] = torch.tensor(block.committed, device=self.device)
         if n + m + 1 > n_new:  # keep processed positions <= n_new - 1
-            try:
-                self.cache.crop(n_new - (n + m + 1))
-            except RuntimeError as err:  # linear-attention / short-conv layer states (transformers 5.24)
-                raise DecodeError(f"the target's cache cannot be cropped to the committed prefix ({str(err)[:120]}); "
-                                  "allowed: targets whose layers all keep a croppable KV cache") from None
+            self.fwd.crop(n_new)
         self.drafter.advance(h)
         self.drafter.crop(n_new)
         self.n = n_new

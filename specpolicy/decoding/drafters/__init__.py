@@ -5,8 +5,8 @@
     draft    a separate small causal LM with its own KV cache              ``draft_model.DraftModelDrafter``
     ngram    prompt lookup, model-free                                     ``ngram.NgramDrafter``
 
-``drafter_for(model)`` builds a fresh drafter for a model from ``load_model`` (its ``drafter_name`` says which kind;
-``model.drafter`` holds the weights).
+``drafter_for(model, engine)`` builds a fresh drafter for a model from ``load_model`` (its ``drafter_name`` says which
+kind; ``model.drafter`` holds the weights; ``engine`` says how drafters that run a model run it: ``decoding.engine``).
 
 Example:
     >>> d = drafter_for(load_model("tiny")); d.name, d.native_depths
@@ -24,11 +24,11 @@ from .ngram import NgramDrafter
 
 __all__ = ["DRAFTERS", "Drafter", "MTPDrafter", "NgramDrafter", "check_drafter", "drafter_for", "register_drafter"]
 
-DRAFTERS: dict[str, Callable] = {}  # kind -> factory(model) -> Drafter
+DRAFTERS: dict[str, Callable] = {}  # kind -> factory(model, engine) -> Drafter
 
 
 def register_drafter(kind: str):
-    """Decorator: ``factory(model) -> Drafter`` builds the drafter of models whose ``drafter_name`` is ``kind``."""
+    """Decorator: ``factory(model, engine) -> Drafter`` builds the drafter of models whose ``drafter_name`` is ``kind``."""
     def deco(factory):
         if kind in DRAFTERS:
             raise ValueError(f"drafter kind {kind!r} is already registered")
@@ -38,18 +38,19 @@ def register_drafter(kind: str):
     return deco
 
 
-def drafter_for(model) -> Drafter:
+def drafter_for(model, engine: str = "auto") -> Drafter:
     """A fresh drafter for ``model`` (one generation at a time), by its ``drafter_name``."""
     kind = getattr(model, "drafter_name", "mtp")
     try:
-        return DRAFTERS[kind](model)
+        factory = DRAFTERS[kind]
     except KeyError:
         close = difflib.get_close_matches(str(kind), DRAFTERS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ";"
         raise ValueError(f"no drafter registered for kind {kind!r}{hint} allowed: {', '.join(DRAFTERS)}") from None
+    return factory(model, engine)
 
 
-register_drafter("mtp")(lambda model: MTPDrafter(model.drafter))
-register_drafter("ngram")(lambda model: NgramDrafter(model.target.config.get_text_config().vocab_size))
+register_drafter("mtp")(lambda model, engine: MTPDrafter(model.drafter, engine))
+register_drafter("ngram")(lambda model, engine: NgramDrafter(model.target.config.get_text_config().vocab_size))
 
 from . import draft_model, medusa  # noqa: E402,F401  (register "draft" and "medusa"; they use register_drafter)

@@ -1,7 +1,7 @@
 """A separate draft model as a ``Drafter``: classic speculative decoding (Leviathan et al. 2023, Chen et al. 2023).
 
-The draft model is a small causal LM over the target's vocabulary with its own KV cache
-(``transformers.DynamicCache``). Its cache holds the tokens at indices ``0..L-1`` of the decoder's buffer. Drafting
+The draft model is a small causal LM over the target's vocabulary with its own KV cache (``decoding.engine``: the
+lean forward or transformers' modules). Its cache holds the tokens at indices ``0..L-1`` of the decoder's buffer. Drafting
 d_depth (the token at index n + depth) needs every token before it, ``tokens[0, : n + depth]`` (committed t_0..t_n,
 then d_1..d_{depth-1}): the pending indices ``L..n+depth-1`` go through the draft model in ONE call (after accepted
 drafts this is the catch-up of the correction/bonus token and of what the cache had not seen), and the last row's
@@ -22,9 +22,9 @@ Example:
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from ...policies.registry import MAX_DEPTH
+from ..engine import causal_forward
 from . import register_drafter
 
 __all__ = ["DraftModelDrafter"]
@@ -36,14 +36,14 @@ class DraftModelDrafter:
     name = "draft"
     native_depths = MAX_DEPTH  # every depth is the same next-token forward of the draft model
 
-    def __init__(self, lm) -> None:
-        self.lm = lm
-        self.cache = DynamicCache(config=lm.config)
+    def __init__(self, lm, engine: str = "auto") -> None:
+        self.lm, self.engine, self.head = lm, engine, lm.get_output_embeddings()
+        self.fwd = causal_forward(lm, engine)
         self.length = 0  # L: the cache holds indices 0..L-1
 
     def begin(self, tokens: torch.Tensor, n: int, hidden: torch.Tensor) -> None:
         """Prefill the prompt tokens[0, :n] (t_n, the prefill's token, is read by the first draft)."""
-        self.cache, self.length = DynamicCache(config=self.lm.config), 0
+        self.fwd, self.length = causal_forward(self.lm, self.engine), 0
         if n > 0:
             self._forward(tokens[:, :n])
 
@@ -60,14 +60,14 @@ class DraftModelDrafter:
     def crop(self, n: int) -> None:
         """Keep the entries of indices < n (t_n is the last committed token; the cache may not have seen it)."""
         if self.length > n:
-            self.cache.crop(n - self.length)  # drops the last length - n entries
+            self.fwd.crop(n)
             self.length = n
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Run ids [1, k] (the pending indices L..L+k-1) through the draft model; logits [1, 1, V] of the last."""
-        out = self.lm(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        h = self.fwd.forward(ids)  # [1, k, H]
         self.length += ids.shape[1]
-        return out.logits
+        return self.head(h[:, -1:])  # as the causal LM's forward with logits_to_keep=1
 
 
-register_drafter("draft")(lambda model: DraftModelDrafter(model.drafter))
+register_drafter("draft")(lambda model, engine: DraftModelDrafter(model.drafter, engine))

@@ -49,4 +49,4 @@ class MedusaDrafter:
         return self.heads.logits(h, depth, self.lm_head)
 
 
-register_drafter("medusa")(lambda model: MedusaDrafter(model.drafter, model.target))
+register_drafter("medusa")(lambda model, engine: MedusaDrafter(model.drafter, model.target))

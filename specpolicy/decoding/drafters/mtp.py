@@ -8,7 +8,8 @@ accepted tokens, or after the policy stopped short of this depth), then reads d_
 
 After a step commits up to index n', an entry (j, i) stays valid iff every token it read is committed: i + j <= n'-1.
 So ``crop(n')`` keeps ``min(L_j, n' - j)`` entries per depth. Depths past the K MTP layers re-use the last layer's
-weights with a cache of their own, exactly as the model was trained.
+weights with a cache of their own, exactly as the model was trained. Each depth runs through the lean forward where
+it reproduces the layer bit for bit (``decoding.engine.mtp_layer_forward``), else through ``mtp.forward_layer``.
 
 Example:
     >>> res = generate(model, "def f(", "fixed", k=3, drafter=MTPDrafter(model.drafter))   # the default drafter
@@ -20,6 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from ...models.mtp import layer_for_depth, mtp_logits
+from ..engine import mtp_layer_forward
 
 __all__ = ["MTPDrafter"]
 
@@ -29,10 +31,10 @@ class MTPDrafter:
 
     name = "mtp"
 
-    def __init__(self, mtp) -> None:
-        self.mtp = mtp
+    def __init__(self, mtp, engine: str = "auto") -> None:
+        self.mtp, self.engine = mtp, engine
         self.native_depths = len(mtp.layers)
-        self.caches: list[DynamicCache] = []  # depth j -> caches[j-1]
+        self.caches: list = []  # depth j -> caches[j-1]: a lean layer with its cache, or a DynamicCache
         self.hist: list[torch.Tensor | None] = [None]  # hist[j]: [1, L_j, H] outputs of depth j; hist[0] = h^0
 
     def begin(self, tokens: torch.Tensor, n: int, hidden: torch.Tensor) -> None:
@@ -50,15 +52,18 @@ class MTPDrafter:
         """Logits [V] of d_depth. tokens: [1, >= n + depth] committed t_0..t_n followed by d_1..d_{depth-1}."""
         frontier = n - 1
         while len(self.caches) < depth:
-            self.caches.append(DynamicCache(config=self.mtp.config))
+            layer = layer_for_depth(len(self.caches) + 1, self.native_depths)
+            lean = mtp_layer_forward(self.mtp, layer, self.engine)
+            self.caches.append(lean if lean is not None else DynamicCache(config=self.mtp.config))
             self.hist.append(None)
         lo = self.length(depth)  # pending indices lo..frontier
         h_prev = self.hist[depth - 1][:, lo : frontier + 1]  # [1, n, H]
         pos = torch.arange(lo + depth, frontier + depth + 1, device=tokens.device)[None]  # RoPE positions i + j
-        h = self.mtp.forward_layer(
-            layer_for_depth(depth, self.native_depths), h_prev, pos, self.caches[depth - 1],
-            input_ids=tokens[:, lo + depth : frontier + depth + 1],
-        )
+        ids, cache = tokens[:, lo + depth : frontier + depth + 1], self.caches[depth - 1]
+        if isinstance(cache, DynamicCache):
+            h = self.mtp.forward_layer(layer_for_depth(depth, self.native_depths), h_prev, pos, cache, input_ids=ids)
+        else:
+            h = cache.forward(h_prev, pos, ids)
         self.hist[depth] = h if self.hist[depth] is None else torch.cat([self.hist[depth], h], dim=1)
         return mtp_logits(self.mtp, h[:, -1])[0]
 
@@ -72,4 +77,8 @@ class MTPDrafter:
             keep = max(0, min(length, n - j))
             if keep < length:
                 self.hist[j] = self.hist[j][:, :keep]
-                self.caches[j - 1].crop(keep - length)
+                cache = self.caches[j - 1]
+                if isinstance(cache, DynamicCache):
+                    cache.crop(keep - length)
+                else:
+                    cache.crop(keep)

@@ -1,0 +1,201 @@
+"""The lean forward: Llama-family decoder layers as plain tensor code over the model's own weights, with a static KV
+cache whose crop is an integer assignment. Same operations, in the same order and on the same shapes, as
+transformers 5.24's ``LlamaModel`` / ``MtpLayer`` with SDPA attention, so its hidden states are bit-identical to
+theirs (checked in tests/models/test_lean.py for float64 and float32, grouped-query and not, prefill, single
+tokens and blocks after a cache). What it removes is everything that is not model compute: ~15 module calls,
+kwargs plumbing and output dataclasses per layer, the mask factory, ``DynamicCache``'s ``torch.cat`` per layer and
+its crop.
+
+Only what is checked is taken: ``lean_unsupported`` names the first feature a model has that this code does not
+reproduce (another architecture, eager/flash attention, RoPE scaling, biases, another activation...), and the decoder
+falls back to the transformers modules for it.
+
+Example:
+    >>> target = LeanTarget(model.target)            # a LlamaForCausalLM
+    >>> h = target.forward(ids[:, :P])               # prefill: [1, P, H]
+    >>> h = target.forward(block); target.crop(n)    # a block [1, m] after the cache; keep n cache entries
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LeanKV", "LeanLayer", "LeanMTPLayer", "LeanTarget", "lean_unsupported"]
+
+
+def lean_unsupported(config, what: str = "target") -> str | None:
+    """Why the lean forward cannot reproduce a model with ``config`` bit for bit, or None if it can."""
+    checks = (
+        (getattr(config, "model_type", None) == "llama", f"model_type {getattr(config, 'model_type', None)!r}"),
+        (getattr(config, "_attn_implementation", None) == "sdpa",
+         f"attention {getattr(config, '_attn_implementation', None)!r}"),
+        ((getattr(config, "rope_parameters", None) or {}).get("rope_type", "default") == "default", "RoPE scaling"),
+        (not getattr(config, "attention_bias", False) and not getattr(config, "mlp_bias", False), "biases"),
+        (getattr(config, "hidden_act", None) == "silu", f"activation {getattr(config, 'hidden_act', None)!r}"),
+        (getattr(config, "pretraining_tp", 1) == 1, "pretraining_tp"),
+    )
+    if what == "mtp":
+        checks += (
+            (not getattr(config, "mtp_hidden_states_first", False), "mtp_hidden_states_first"),
+            (not getattr(config, "is_heterogeneous", False), "heterogeneous MTP layers"),
+            (getattr(config, "layer_types", None) is None, "MTP layer types"),
+        )
+    for ok, feature in checks:
+        if not ok:
+            return feature
+    return None
+
+
+class LeanKV:
+    """Static KV cache of ``layers`` layers: keys/values [L, 1, H_kv, T, D]; ``n`` entries are valid. Grows by
+    doubling when a block would not fit; ``crop(n)`` keeps the first n entries."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device, capacity: int = 256):
+        self.k = torch.zeros(layers, 1, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.n = 0
+
+    def reserve(self, n: int) -> None:
+        cap = self.k.shape[3]
+        if n > cap:
+            size = max(n, 2 * cap)
+            k = self.k.new_zeros(*self.k.shape[:3], size, self.k.shape[4])
+            v = torch.zeros_like(k)
+            k[:, :, :, : self.n], v[:, :, :, : self.n] = self.k[:, :, :, : self.n], self.v[:, :, :, : self.n]
+            self.k, self.v = k, v
+
+    def crop(self, n: int) -> None:
+        self.n = min(self.n, n)
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm, operation for operation."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return w * x.to(dtype)
+
+
+class _Rope:
+    """cos/sin of RoPE for positions [1, m], as LlamaRotaryEmbedding computes them (float32, then the model dtype)."""
+
+    def __init__(self, rotary, dtype: torch.dtype):
+        self.inv_freq, self.scale, self.dtype = rotary.inv_freq.float(), rotary.attention_scaling, dtype
+
+    def __call__(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = pos[..., None].float() * self.inv_freq  # [1, m, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [1, m, D]
+        return ((emb.cos() * self.scale).to(self.dtype)[:, None],  # [1, 1, m, D]
+                (emb.sin() * self.scale).to(self.dtype)[:, None])
+
+
+def _mask(m: int, n0: int, device) -> torch.Tensor | None:
+    """The boolean mask SDPA gets from transformers for a block of m queries after n0 cached entries (None where
+    transformers passes none: a single query, or a prefill, which uses is_causal)."""
+    if m == 1 or n0 == 0:
+        return None
+    return torch.ones(m, n0 + m, dtype=torch.bool, device=device).tril(n0)[None, None]  # [1, 1, m, n0+m]
+
+
+class LeanLayer:
+    """One LlamaDecoderLayer as tensor code over its weights (pre-norm attention + SwiGLU MLP, residuals)."""
+
+    def __init__(self, layer, config):
+        a, mlp = layer.self_attn, layer.mlp
+        self.w = (layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
+                  layer.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+        self.eps = (layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
+        self.head_dim, self.scaling = a.head_dim, a.scaling
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+
+    def __call__(self, x: torch.Tensor, cos, sin, kv: LeanKV, i: int, mask) -> torch.Tensor:
+        """x [1, m, H] -> [1, m, H]; writes this block's keys/values at kv entries n..n+m of layer i."""
+        w_in, wq, wk, wv, wo, w_post, wg, wu, wd = self.w
+        m, n0, D, half = x.shape[1], kv.n, self.head_dim, self.head_dim // 2
+        shape = (1, m, -1, D)
+        h = _rms(x, w_in, self.eps[0])
+        q = F.linear(h, wq).view(shape).transpose(1, 2)  # [1, heads, m, D]
+        k = F.linear(h, wk).view(shape).transpose(1, 2)  # [1, kv_heads, m, D]
+        v = F.linear(h, wv).view(shape).transpose(1, 2)
+        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
+        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+        n1 = n0 + m
+        kv.k[i, :, :, n0:n1], kv.v[i, :, :, n0:n1] = k, v
+        keys, values = kv.k[i, :, :, :n1], kv.v[i, :, :, :n1]  # [1, kv_heads, n1, D]
+        if mask is None:  # transformers: GQA inside SDPA, causal for a prefill
+            o = F.scaled_dot_product_attention(q, keys, values, scale=self.scaling, is_causal=m > 1,
+                                               enable_gqa=self.heads != self.kv_heads)
+        else:  # transformers: repeat_kv, then SDPA with the boolean mask
+            g = self.heads // self.kv_heads
+            if g > 1:
+                keys = keys[:, :, None].expand(1, self.kv_heads, g, n1, D).reshape(1, self.heads, n1, D)
+                values = values[:, :, None].expand(1, self.kv_heads, g, n1, D).reshape(1, self.heads, n1, D)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+        o = o.reshape(1, -1, m, D).transpose(1, 2).contiguous().reshape(1, m, -1).contiguous()  # [1, m, heads*D]
+        x = x + F.linear(o, wo)
+        h = _rms(x, w_post, self.eps[1])
+        return x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+
+
+class LeanTarget:
+    """The target's decoder (``lm.get_decoder()``) with a static cache: ``forward`` appends a block, ``crop`` keeps a
+    prefix. Returns final hidden states; the LM head is the model's own module (``lm.get_output_embeddings()``)."""
+
+    def __init__(self, lm):
+        body, cfg = lm.get_decoder(), lm.config
+        self.embed = body.embed_tokens.weight
+        self.layers = [LeanLayer(layer, cfg) for layer in body.layers]
+        self.norm = (body.norm.weight, body.norm.variance_epsilon)
+        self.rope = _Rope(body.rotary_emb, self.embed.dtype)
+        a = body.layers[0].self_attn
+        self.kv = LeanKV(len(self.layers), cfg.num_key_value_heads, a.head_dim, self.embed.dtype, self.embed.device)
+
+    def reset(self) -> None:
+        self.kv.n = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [1, m] at positions n..n+m-1 -> final hidden states [1, m, H]."""
+        m, n0 = ids.shape[1], self.kv.n
+        self.kv.reserve(n0 + m)
+        cos, sin = self.rope(torch.arange(n0, n0 + m, device=ids.device)[None])
+        mask = _mask(m, n0, ids.device)
+        x = F.embedding(ids, self.embed)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, self.kv, i, mask)
+        self.kv.n = n0 + m
+        return _rms(x, *self.norm)
+
+    def crop(self, n: int) -> None:
+        self.kv.crop(n)
+
+
+class LeanMTPLayer:
+    """``MtpModel.forward_layer`` for one MTP layer with a cache of its own (one per draft depth):
+    eh_proj([enorm(emb(t)), hnorm(h)]) -> decoder layer -> post-norm (or the shared post-norm)."""
+
+    def __init__(self, mtp, layer_idx: int):
+        layer, cfg = mtp.layers[layer_idx], mtp.config
+        self.embed = mtp.embed_tokens.weight
+        self.enorm = (layer.enorm.weight, layer.enorm.variance_epsilon)
+        self.hnorm = (layer.hnorm.weight, layer.hnorm.variance_epsilon)
+        self.eh = layer.eh_proj.weight
+        self.block = LeanLayer(layer.mtp_block, cfg)
+        post = layer.post_norm if layer.use_post_norm else (mtp.shared_post_norm if mtp.use_shared_post_norm else None)
+        self.post = None if post is None else (post.weight, post.variance_epsilon)
+        self.rope = _Rope(mtp.rotary_emb, self.embed.dtype)
+        self.kv = LeanKV(1, cfg.num_key_value_heads, self.block.head_dim, self.embed.dtype, self.embed.device)
+
+    def forward(self, h_prev: torch.Tensor, pos: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """h_prev [1, m, H], RoPE positions [1, m], input ids [1, m] -> [1, m, H], appended to this layer's cache."""
+        m, n0 = input_ids.shape[1], self.kv.n
+        self.kv.reserve(n0 + m)
+        e = F.embedding(input_ids, self.embed)
+        x = F.linear(torch.cat([_rms(e, *self.enorm), _rms(h_prev, *self.hnorm)], dim=-1), self.eh)
+        cos, sin = self.rope(pos)
+        x = self.block(x, cos, sin, self.kv, 0, _mask(m, n0, input_ids.device))
+        self.kv.n = n0 + m
+        return x if self.post is None else _rms(x, *self.post)
+
+    def crop(self, n: int) -> None:
+        self.kv.crop(n)
