@@ -61,12 +61,13 @@ class DrafterConf:
 
 @dataclass
 class DataConf:
-    name: str = "stdlib_test"  # stdlib_test | file
+    name: str = "stdlib_test"  # stdlib_test | package | file
     n_prompts: int = 20  # file: 0 = every prompt of the file
     prompt_tokens: int = 64  # stdlib_test: tokens per prompt
     seed: int = 0  # stdlib_test: which prompts are drawn
     split: str = "test"  # stdlib_test: corpus split the prompts come from
     path: str = ""  # file: a .jsonl ({"prompt": ...} per line) or a text file (one prompt per line)
+    package: str = "optuna"  # package: an installed package whose Python source the prompts come from (all held out)
 
 
 @dataclass

@@ -117,5 +117,23 @@ def load_corpus(root: str | Path | None = None) -> Corpus:
     return Corpus(Path(root) if root else None)
 
 
+def package_corpus(package: str) -> Corpus:
+    """The Python source of an installed package (third-party code the embedded model never saw): every module is in
+    the ``test`` split (its own test code excepted). ``ValueError`` if the package is not installed or is not a
+    directory of Python files.
+
+    Example:
+        >>> package_corpus("optuna").summary()["splits"]["test"]["files"] > 100
+        True
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(package) if package and "." not in package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package {package!r} is not an installed package directory; allowed: the name of an "
+                         "installed package with Python sources (e.g. optuna, hydra, tqdm)")
+    return Corpus(Path(next(iter(spec.submodule_search_locations))).resolve(), SplitConfig(train_pct=0, valid_pct=0))
+
+
 if __name__ == "__main__":  # pragma: no cover - convenience
     print(json.dumps(load_corpus().summary(), indent=2))

@@ -33,7 +33,7 @@ from .records import RecordStore
 __all__ = ["RunPlan", "UserError", "check_data", "check_model", "check_resume", "drafter_spec", "load", "prompts_for",
            "remove_if_empty", "validate"]
 
-DATA_SOURCES = ("stdlib_test", "file")
+DATA_SOURCES = ("stdlib_test", "package", "file")
 SPLITS = ("test", "valid")  # held-out splits only: prompts from train would flatter the drafter
 
 
@@ -175,6 +175,8 @@ def check_data(data) -> list[tuple[str, str]] | None:
         raise UserError(f"data.n_prompts={data.n_prompts} is invalid; allowed: an integer >= 1")
     if data.prompt_tokens < 1:
         raise UserError(f"data.prompt_tokens={data.prompt_tokens} is invalid; allowed: an integer >= 1")
+    if data.name == "package":
+        return None  # the package itself is checked when its corpus loads (prompts_for)
     if data.split not in SPLITS:
         raise UserError(f"data.split={data.split} is invalid; allowed: {', '.join(SPLITS)}")
     return None
@@ -201,7 +203,7 @@ def load(m, drafter=None):
 
 def prompts_for(data, tokenizer) -> tuple[list, dict]:
     """(prompts, data fingerprint for environment.json): seeded stdlib prompts or a prompt file, tokenized."""
-    from specpolicy.data import Prompt, load_corpus, sample_prompts
+    from specpolicy.data import Prompt, load_corpus, package_corpus, sample_prompts
 
     if data.name == "file":
         items = check_data(data)
@@ -213,12 +215,21 @@ def prompts_for(data, tokenizer) -> tuple[list, dict]:
             out.append(Prompt(pid, text, ids, str(data.path)))
         sha = hashlib.sha256(Path(data.path).expanduser().read_bytes()).hexdigest()
         return out, {"data": "file", "prompt_file": str(data.path), "prompt_file_sha256": sha}
-    corpus = load_corpus()
     try:
-        prompts = sample_prompts(corpus, tokenizer, data.n_prompts, data.prompt_tokens, data.seed, data.split)
+        corpus = package_corpus(data.package) if data.name == "package" else load_corpus()
+        split = "test" if data.name == "package" else data.split
+        prompts = sample_prompts(corpus, tokenizer, data.n_prompts, data.prompt_tokens, data.seed, split)
     except ValueError as err:
         raise UserError(str(err)) from None
-    return prompts, {"data": "stdlib_test", "corpus_fingerprint": corpus.fingerprint(), "corpus_root": str(corpus.root)}
+    info = {"data": data.name, "corpus_fingerprint": corpus.fingerprint(), "corpus_root": str(corpus.root)}
+    if data.name == "package":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            info["package_version"] = version(data.package)
+        except PackageNotFoundError:
+            info["package_version"] = None
+    return prompts, info
 
 
 def check_resume(store: RecordStore, plan: RunPlan, run_dir: Path, version: str) -> None:

@@ -2,6 +2,8 @@
 
 import sysconfig
 
+import pytest
+
 from specpolicy.data import SPLITS, load_corpus, split_of
 from specpolicy.data.corpus import Corpus, module_bucket
 
@@ -40,3 +42,15 @@ def test_fingerprint_changes_with_the_file_list(tmp_path):
     f1 = Corpus(tmp_path).fingerprint()
     (tmp_path / "c.py").write_text("z = 3\n")
     assert Corpus(tmp_path).fingerprint() != f1
+
+
+def test_a_package_corpus_is_all_held_out_and_refuses_what_is_not_a_package():
+    from specpolicy.data import package_corpus
+
+    corpus = package_corpus("optuna")
+    summary = corpus.summary()["splits"]
+    assert summary["test"]["files"] > 50 and summary["train"]["files"] == summary["valid"]["files"] == 0
+    assert "optuna" in str(corpus.root)
+    for bad in ("no_such_package_xyz", "os.path", ""):
+        with pytest.raises(ValueError, match="not an installed package directory"):
+            package_corpus(bad)
