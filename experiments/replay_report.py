@@ -7,12 +7,19 @@ For every policy (default: each registered policy at its defaults plus a few par
 decoded for real (``generate(..., max_new_tokens=N, max_draft=K)``, interleaved with ``ar`` by the shared harness)
 and replayed (``specpolicy.replay.compare``). Lossless policies must agree exactly per prompt (steps, new tokens,
 accepted-length histogram, acceptance by depth); lossy ones are shown side by side (TPF, lossy error rate), since
-their replay is an approximation (see ``specpolicy.replay.simulate``). Writes ``replay_report.md`` and
-``replay_report.csv`` to the run directory. Bad input: one line on stderr, exit code 2.
+their replay is an approximation (see ``specpolicy.replay.simulate``).
+
+Time: the cost model is measured again in this process just before decoding (``cost=measure``, the default: model
+parts plus the loop's overhead fitted to the decoder's wall clock, ``specpolicy.decoding.cost``), or taken from the
+trace (``cost=trace``). Beside each policy's measured decode-phase speedup over ``ar`` (prefill excluded, as in the
+model) stand the modelled speedup (with overhead: what replay and tuning predict) and the ceiling (model compute
+only: TPF x t_step(0) / mean t_step(m)), and their ratios. Writes ``replay_report.md``, ``replay_report.csv`` and
+``cost.json`` to the run directory. Bad input: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -53,6 +60,9 @@ class ReportConfig:
     n_prompts: int = 0  # 0: every prompt of the trace
     policies: list = field(default_factory=default_specs)
     threads: int = 2
+    cost: str = "measure"  # measure: in this process before decoding | trace: the trace's own cost model
+    cost_reps: int = 20  # measure: repetitions of each model-part timing
+    loop_reps: int = 3  # measure: repetitions of the decoder runs the loop overhead is fitted to
 
 
 ConfigStore.instance().store(name="replay_report_schema", node=ReportConfig)
@@ -64,6 +74,10 @@ def validate(cfg) -> dict:
         raise UserError("trace is missing; allowed: trace=<file from python -m experiments.record>")
     if cfg.n_prompts < 0:
         raise UserError(f"n_prompts={cfg.n_prompts} is invalid; allowed: 0 (all) or >= 1")
+    if cfg.cost not in ("measure", "trace"):
+        raise UserError(f"cost={cfg.cost} is unknown; allowed: measure, trace")
+    if cfg.cost_reps < 1 or cfg.loop_reps < 1:
+        raise UserError(f"cost_reps={cfg.cost_reps}, loop_reps={cfg.loop_reps} are invalid; allowed: integers >= 1")
     return dict(parse_policy_spec(s) for s in cfg.policies)
 
 
@@ -71,6 +85,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> list[dict]:
     import pandas as pd
     import torch
 
+    from specpolicy.decoding.cost import measure_cost, speedups
     from specpolicy.replay import compare_row, decode_real, load_trace, markdown
     from specpolicy.runs import checks
 
@@ -82,14 +97,43 @@ def execute(cfg: DictConfig, run_dir: Path) -> list[dict]:
     model = checks.load(cfg.model, cfg.drafter)
     trace.check_model(model)
     t0 = time.perf_counter()
+    if cfg.cost == "measure":
+        ctx = list(trace.prompt_ids[0]) + [int(t) for t in trace.tokens[0]]
+        trace = dataclasses.replace(trace, cost=measure_cost(model, ctx, trace.k_max, cfg.cost_reps,
+                                                             loop_reps=cfg.loop_reps, loop_tokens=trace.max_new_tokens))
+    (run_dir / "cost.json").write_text(json.dumps({"source": cfg.cost, **trace.cost.to_dict()}, indent=2))
     results, ar = decode_real(model, trace, policies)
-    rows = [compare_row(label, p, trace, results[label], ar) for label, p in policies.items()]
+    rows = []
+    for label, p in policies.items():
+        row = compare_row(label, p, trace, results[label], ar)
+        row.update({f"speedup_{k}": v for k, v in speedups(results[label], ar, trace.cost).items()})
+        rows.append(row)
     pd.DataFrame(rows).to_csv(run_dir / "replay_report.csv", index=False)
-    text = markdown(rows, trace) + f"\ndecoding took {time.perf_counter() - t0:.0f} s ({cfg.threads} threads).\n"
+    text = (markdown(rows, trace) + "\n" + _time_table(rows, trace.cost, cfg.cost)
+            + f"\ndecoding took {time.perf_counter() - t0:.0f} s ({cfg.threads} threads).\n")
     (run_dir / "replay_report.md").write_text(text)
     print(text)
     print(f"results: {run_dir}")
     return rows
+
+
+def _time_table(rows: list[dict], cost, source: str) -> str:
+    """Measured decode-phase speedup beside the modelled one and the ceiling, per policy (markdown)."""
+    t1 = cost.t_target[0]
+    lines = [f"Cost model ({source}): t_target(1) = {t1 * 1e3:.2f} ms, c(m) = "
+             + ", ".join(f"{cost.c(m):.2f}" for m in range(1, len(cost.t_target) + 1))
+             + f"; drafter step {cost.t_mtp / t1:.2f}, loop overhead {cost.t_overhead / t1:.2f} per step + "
+             f"{cost.t_overhead_draft / t1:.2f} per draft (x t_target(1)).", "",
+             "| policy | lossless | measured speedup | modelled | measured / modelled | ceiling | measured / ceiling |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['policy']} | {r['lossless']} | {r['speedup_measured']:.3f} | {r['speedup_modelled']:.3f} | "
+                     f"{r['speedup_measured_over_modelled']:.3f} | {r['speedup_ceiling']:.3f} | "
+                     f"{r['speedup_measured_over_ceiling']:.3f} |")
+    lines += ["", "decode phase (prefill and its token excluded) of all three; measured: tokens/s vs ar decoded "
+              "interleaved in this process; modelled: the cost model with the loop's overhead; ceiling: model compute "
+              "only."]
+    return "\n".join(lines) + "\n"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="replay_report")

@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 
-__all__ = ["CostModel", "measure_cost"]
+__all__ = ["CostModel", "measure_cost", "speedups"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,29 @@ def _fit_overhead(model, ctx: list[int], k: int, compute: CostModel, reps: int, 
         return float(np.median(ys)), 0.0
     b, a = np.polyfit(xs, ys, 1)
     return float(a), float(b)
+
+
+def speedups(results, ar, cost: CostModel) -> dict:
+    """Modelled, ceiling and measured speedup over ``ar`` of one policy's generations on the same prompts (decode
+    phase: the prefill and the token it commits are left out of all three, so they measure the same thing).
+
+    ``results``/``ar``: ``GenerationResult``s per prompt. ``modelled``: sum over prompts of (tokens - 1) x step_s(0)
+    over the sum of step_s(m) of the policy's steps (what replay predicts); ``ceiling``: the same with model compute
+    only (``compute_s``: TPF x t_step(0) / mean t_step(m) without the loop's overhead); ``measured``: decode-phase
+    tokens/s of the policy over that of ``ar``; ``measured_over_modelled`` and ``measured_over_ceiling`` their ratios.
+
+    Example:
+        >>> s = speedups(results["threshold"], results["ar"], cost)
+        >>> s["measured"], s["modelled"], s["ceiling"]
+    """
+    def rate(rs) -> float:
+        secs = sum(r.stats.wall_s - r.stats.prefill_s for r in rs)
+        return sum(len(r.token_ids) - 1 for r in rs) / secs if secs > 0 else float("nan")
+
+    after_first = sum(len(r.token_ids) - 1 for r in results)
+    steps = [len(s.drafts) for r in results for s in r.steps]
+    modelled = after_first * cost.step_s(0) / sum(cost.step_s(m) for m in steps) if steps else float("nan")
+    ceiling = after_first * cost.compute_s(0) / sum(cost.compute_s(m) for m in steps) if steps else float("nan")
+    measured = rate(results) / rate(ar)
+    return {"modelled": modelled, "ceiling": ceiling, "measured": measured,
+            "measured_over_modelled": measured / modelled, "measured_over_ceiling": measured / ceiling}
