@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from specpolicy.errors import UserError
-from specpolicy.models.checkpoint import mtp_state_dict_deepseek_layout as deepseek_layout
+from specpolicy.models.checkpoint import released_state_dict
 from specpolicy.models.loading import CheckpointError, ModelNotFoundError, build_mtp_model, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,41 +50,6 @@ ARCHS = {
                           num_experts_per_tok=2, n_shared_experts=1, num_hidden_layers=2, num_mtp_layers=1),
                      "inkling"),
 }
-
-
-def released_state_dict(model, layout: str) -> dict[str, torch.Tensor]:
-    """Target + MTP tensors named as the architecture's released checkpoints name them.
-
-    transformers' reverse conversion gives the released names of the target and of each MTP block (stored as
-    decoder layer L+k); the MTP extras are then renamed per layout.
-    """
-    from transformers.core_model_loading import revert_weight_conversion
-
-    L = model.target.config.get_text_config().num_hidden_layers
-    sd = revert_weight_conversion(model.target, deepseek_layout(model))
-    head, embed = model.target.lm_head.weight, model.target.get_input_embeddings().weight
-    out = {}
-    for key, value in sd.items():
-        m = re.match(r"model\.layers\.(\d+)\.(.*)", key)
-        if not m or int(m.group(1)) < L:
-            out[key] = value
-            continue
-        k, rest = int(m.group(1)) - L, m.group(2)
-        if layout == "deepseek":  # DeepSeek-V3 / GLM-4.5: the head's norm is shared_head.norm, head/embed copied
-            out[f"model.layers.{L + k}." + rest.replace("post_norm.", "shared_head.norm.")] = value
-            out[f"model.layers.{L + k}.shared_head.head.weight"] = head
-            out[f"model.layers.{L + k}.embed_tokens.weight"] = embed
-        elif layout == "mellum":  # Qwen3-Next style: one MTP layer, fc / pre_fc_norm_* / norm at mtp.*
-            extras = {"eh_proj.": "fc.", "enorm.": "pre_fc_norm_embedding.", "hnorm.": "pre_fc_norm_hidden.",
-                      "post_norm.": "norm."}
-            extra = next((v for p, v in extras.items() if rest.startswith(p)), None)
-            out["mtp." + (extra + rest.split(".", 1)[1] if extra else f"layers.{k}.{rest}")] = value
-        else:  # inkling: model.mtp.layers.k.{embed_norm, hidden_norm, input_proj, transformer_block.*}
-            extras = {"enorm.": "embed_norm.", "hnorm.": "hidden_norm.", "eh_proj.": "input_proj."}
-            extra = next((v for p, v in extras.items() if rest.startswith(p)), None)
-            name = extra + rest.split(".", 1)[1] if extra else "transformer_block." + rest
-            out[f"model.mtp.layers.{k}.{name}"] = value
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
 
 
 def write_checkpoint(model, out: Path, state_dict: dict[str, torch.Tensor]) -> Path:
