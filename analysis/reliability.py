@@ -27,7 +27,8 @@ import seaborn as sns
 
 from specpolicy.calibration import ece, load_calibrator, reliability_table
 
-__all__ = ["plot_reliability", "reliability_frame", "run_scores", "write_reliability_figures"]
+__all__ = ["plot_reliability", "reliability_depth_figure", "reliability_frame", "run_scores",
+           "write_reliability_figures"]
 
 
 def reliability_frame(scores: dict[str, np.ndarray], label, n_bins: int = 15) -> pd.DataFrame:
@@ -107,6 +108,55 @@ def write_reliability_figures(run_dir: str | Path, split: str = "evaluation", n_
         out.append(plot_reliability({m: s[keep] for m, s in scores.items()}, rows.loc[keep, "label"],
                                     run_dir / f"reliability_depth{depth}.png", title, n_bins))
     return out
+
+
+def reliability_depth_figure(run_dir: str | Path, split: str = "evaluation", n_bins: int = 10,
+                             max_depths: int = 6):
+    """The paper's reliability diagrams: one panel per depth j (up to ``max_depths``), raw q(d_j) against every
+    calibrator of the ``experiments.calibrate`` run in ``run_dir``, on its ``split`` rows; ECE in the legend.
+    Returns an ``analysis.style.Drawn``.
+
+    Example:
+        >>> reliability_depth_figure("runs/calibrate/2024-01-01_12-00-00").caption     # doctest: +SKIP
+    """
+    from .results import Skip, read_json
+    from .style import Drawn, colors_for, legend_below, new_figure
+
+    run_dir = Path(run_dir)
+    rows, scores = run_scores(run_dir, split)
+    depths = sorted(int(d) for d in rows["depth"].unique())[:max_depths]
+    if not depths:
+        raise Skip(f"{run_dir}: no {split} rows")
+    cols = min(3, len(depths))
+    fig, axes = new_figure((len(depths) + cols - 1) // cols, cols, height_per_row=2.2, sharex=True, sharey=True)
+    colors, eces = colors_for(scores), []
+    for i, depth in enumerate(depths):
+        ax = axes.flat[i]
+        keep = (rows["depth"] == depth).to_numpy()
+        frame = reliability_frame({m: sc[keep] for m, sc in scores.items()}, rows.loc[keep, "label"].to_numpy(float),
+                                  n_bins)
+        ax.plot([0, 1], [0, 1], ls=":", color="0.5", lw=1, label="perfect calibration")
+        for method, part in frame.groupby("method", sort=False):
+            ax.plot(part["confidence"], part["accuracy"], marker="o", ms=3, color=colors[method],
+                    label=method, ls="-" if method == "raw" else "--")
+        eces.append(f"depth {depth}: " + ", ".join(
+            f"{m} {e:.3f}" for m, e in frame.groupby("method", sort=False)["ece"].first().items()))
+        ax.set_title(f"depth {depth} (n={int(keep.sum())})")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+    for ax in axes.flat[len(depths):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("acceptance rate")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("confidence (mean per bin)")
+    legend_below(fig, ncol=len(scores) + 1)
+    fig.tight_layout()
+    report = read_json(run_dir / "report.json") if (run_dir / "report.json").is_file() else {}
+    drafter = (report.get("source") or {}).get("drafter", "mtp")
+    caption = (f"Reliability of drafted-token confidence per depth, drafter {drafter}: raw q(d_j) and each "
+               f"calibrator (fitted on other prompts) against the acceptance rate, {n_bins} equal-width bins, "
+               f"{split} split. ECE: " + "; ".join(eces) + f". From python -m experiments.calibrate ({run_dir}).")
+    return Drawn(fig, caption, [])
 
 
 if __name__ == "__main__":

@@ -25,14 +25,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .results import figure_value
+
 __all__ = ["overview_frames", "plot_run_overview"]
-
-
-def _fig(entry: dict | None) -> tuple[float, float, float]:
-    if not entry or entry.get("value") is None:
-        return np.nan, np.nan, np.nan
-    lo, hi = entry.get("ci95") or [None, None]
-    return entry["value"], np.nan if lo is None else lo, np.nan if hi is None else hi
 
 
 def overview_frames(summary: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,10 +42,10 @@ def overview_frames(summary: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     for label, s in summary["policies"].items():
         row = {"policy": label}
         for key in ("tpf", "tokens_per_s", "speedup_vs_ar", "lossy_token_rate", "lossy_error_rate", "exact_match_rate"):
-            row[key], row[key + "_lo"], row[key + "_hi"] = _fig(s.get(key))
+            row[key], row[key + "_lo"], row[key + "_hi"] = figure_value(s.get(key))
         rows.append(row)
         for d in s.get("acceptance_by_depth", []):
-            v, lo, hi = _fig(d)
+            v, lo, hi = figure_value(d)
             depth_rows.append({"policy": label, "depth": d["depth"], "acceptance": v, "lo": lo, "hi": hi,
                                "reached": d.get("reached", 0)})
     return pd.DataFrame(rows).set_index("policy"), pd.DataFrame(depth_rows)
