@@ -12,19 +12,22 @@ It decodes ``n_prompts`` prompts of the corpus split ``data_split`` (seed ``data
 ``fixed`` k=6, greedy, and writes ``<name>.json`` for identity, temperature, platt and isotonic into
 ``specpolicy/models/assets/tiny/calibrators/<drafter>/`` (``SHIPPED_DIR``), which ``policy=calibrated
 calibrator=<name> policy.drafter=<drafter>`` reads (``drafter=medusa|draft|ngram`` calibrates another drafter:
-calibrators belong to one drafter and are refused for another). Each shipped file records its provenance (weights hash, data, evaluation ECE). About 2-3 minutes on 2 cores.
+calibrators belong to one drafter and are refused for another). Each shipped file records its provenance (weights hash,
+data, evaluation ECE, trust certificate). About 2-3 minutes on 2 cores for the rows, plus ~1 minute per certified
+score and tau.
 
 What it does: one row per judged draft (``specpolicy.calibration.data``); prompts split into a calibration and an
-evaluation half (``split_by_prompt``); each calibrator fitted per depth on the calibration half; raw q and every
-calibrator measured per depth on the evaluation half (``calibration_report``: ECE, MCE, Brier, log loss, AUROC with
-prompt-bootstrap intervals); for raw and every calibrated score a trust threshold certified by Learn-then-Test on the
-calibration half (error among trusted drafts <= alpha with probability >= 1 - delta, in the long run; all depths
-pooled, as a ``threshold`` policy compares one tau_trust with every depth's confidence) and checked on the evaluation
-half. Two things keep the certificate honest on real drafts: p-values at the prompt level (drafts of one prompt are
-dependent: ``choose_tau_trust(groups=...)``) and calibrated scores computed out of fold (a map never scores the rows
-it was fitted on: ``out_of_fold_scores``). The evaluation error is itself a finite-sample estimate: for a long-run
-certificate it exceeds alpha in more than delta of random splits (its own noise adds to the certificate's);
-``tests/calibration/test_calibration_data.py`` checks the batch form (``future_groups``) on recorded drafts.
+evaluation half (``split_by_prompt``); each calibrator fitted per depth on the calibration half (these fitted maps
+are what ``install`` ships: nothing is refitted); raw q and every calibrator measured per depth on the evaluation half
+(``calibration_report``: ECE, MCE, Brier, log loss, AUROC with prompt-bootstrap intervals). Then, for each score in
+``certify`` (``raw`` and/or calibrator names), the trust certificate of the policy that would be deployed: the
+trusting policy (``threshold`` on raw q, or ``calibrated`` with exactly the calibrator file written here) decodes
+every evaluation prompt once at each tau of ``taus`` (fixed in advance), and ``certify_trust`` walks the taus from
+the largest down (Learn-then-Test, betting p-values over prompts): the certified tau has risk (expected share of wrong
+tokens among a prompt's trusted tokens, strict shadow verdict) <= alpha with probability >= 1 - delta over the draw
+of the evaluation prompts, for prompts drawn like them with this model, drafter and greedy decoding. The certificate
+is written into the calibrator file's provenance (``trust_certificate``), so the shipped file carries it. Rows from a
+run directory come without a model, and sampling runs are not what the greedy certification decodes: both skip it.
 
 Writes to Hydra's run directory (``hydra.run.dir=...``): ``report.json``, ``rows.parquet`` (the rows, with their
 ``split``), ``calibrators/<name>.json``, ``reliability_depth<j>.png``; prints a table per depth and the thresholds.
@@ -77,8 +80,12 @@ class CalibrateConfig:
     cal_frac: float = 0.5  # share of prompts in the calibration split
     split_seed: int = 0
     min_rows: int = 20  # a depth with fewer rows uses the pooled map
-    alpha: float = 0.05  # trust: error rate among trusted drafts <= alpha ...
-    delta: float = 0.1  # ... with probability >= 1 - delta
+    alpha: float = 0.05  # trust: risk of the deployed trusting policy <= alpha ...
+    delta: float = 0.1  # ... with probability >= 1 - delta over the certification prompts
+    certify: list[str] = field(default_factory=lambda: ["raw", "platt"])  # scores to certify a tau for (raw q or a
+    # calibrator name); source=collect only: the trusting policy itself is decoded on the evaluation half
+    taus: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.8, 0.7, 0.6])  # candidates, fixed in advance
+    certify_tokens: int = 32  # max_new_tokens of the certification runs
     n_boot: int = 200  # prompt-bootstrap resamples for the intervals
     n_bins: int = 15
     threads: int = 2
@@ -100,6 +107,11 @@ def check(cfg: CalibrateConfig) -> None:
         (cfg.n_boot >= 0, f"n_boot={cfg.n_boot} is invalid; allowed: >= 0"),
         (cfg.n_bins >= 1, f"n_bins={cfg.n_bins} is invalid; allowed: >= 1"),
         (cfg.threads >= 1, f"threads={cfg.threads} is invalid; allowed: >= 1"),
+        (all(m == "raw" or m in cfg.calibrators for m in cfg.certify),
+         f"certify={list(cfg.certify)} is invalid; allowed: raw and names in calibrators ({', '.join(cfg.calibrators)})"),
+        (len(cfg.taus) > 0 and all(0 < t < 1 for t in cfg.taus),
+         f"taus={list(cfg.taus)} is invalid; allowed: a non-empty list of values in (0, 1)"),
+        (cfg.certify_tokens >= 2, f"certify_tokens={cfg.certify_tokens} is invalid; allowed: >= 2"),
     ]
     if cfg.source == "collect":
         rules += [
@@ -110,14 +122,14 @@ def check(cfg: CalibrateConfig) -> None:
             (cfg.temperature >= 0, f"temperature={cfg.temperature} is invalid; allowed: 0 (greedy) or > 0"),
             (cfg.data_split in SPLITS, f"data_split={cfg.data_split} is invalid; allowed: {', '.join(SPLITS)}"),
         ]
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
     for name in cfg.calibrators:
         try:
             get_calibrator(name)
         except ValueError as err:
             raise UserError(str(err)) from None
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
     if cfg.source != "collect" and not (Path(cfg.source) / "steps.parquet").is_file():
         try:
             rows_from_run(cfg.source)  # raises the one-line reason
@@ -146,14 +158,15 @@ def _source_settings(cfg: CalibrateConfig) -> tuple[str, float]:
         OmegaConf.select(c, "decode.temperature", default=float("nan")))
 
 
-def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict]:
-    """The rows and where they come from (model card hash, prompts, collection time)."""
+def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict, Any, list]:
+    """The rows, where they come from (model card hash, prompts, collection time), and for ``source=collect`` the
+    model and prompts (the certification decodes the trusting policy on some of them; else None, [])."""
     if cfg.source != "collect":
         try:
             rows = rows_from_run(cfg.source, cfg.policy)
         except CalibrationDataError as err:
             raise UserError(f"source={cfg.source}: {err}") from None
-        return rows, {"source": str(cfg.source), "policy": cfg.policy}
+        return rows, {"source": str(cfg.source), "policy": cfg.policy}, None, []
     import torch
 
     from specpolicy.calibration import collect
@@ -180,21 +193,46 @@ def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict]:
             "corpus_fingerprint": corpus.fingerprint(), "data_split": cfg.data_split, "data_seed": cfg.data_seed,
             "policy": f"fixed(k={cfg.k})", "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
             "threads": cfg.threads, "collect_s": round(time.perf_counter() - t0, 1)}
-    return rows, info
+    return rows, info, model, prompts
+
+
+def certify_deployed(cfg: CalibrateConfig, run_dir: Path, model, prompts: list, ev_ids: set) -> dict:
+    """For each score of ``cfg.certify``: decode the trusting policy that would be deployed (``threshold`` on raw q,
+    or ``calibrated`` with the calibrator file written to ``run_dir``, the one ``install`` ships) at every tau of
+    ``cfg.taus`` on the evaluation prompts (never fitted on) and certify a tau on those runs
+    (``certify_trust``). Records are kept in ``run_dir/certify/<score>/`` (resumable)."""
+    from specpolicy.calibration import certify_trust, trust_arms, trust_plan, trust_table
+    from specpolicy.runs.runner import decode_run, open_store
+
+    cert_prompts = [p for p in prompts if p.id in ev_ids]
+    out = {}
+    for method in cfg.certify:
+        path = None if method == "raw" else str((run_dir / "calibrators" / f"{method}.json").resolve())
+        arms = trust_arms(cfg.taus, calibrator=path, drafter=_drafter_of(cfg))
+        plan = trust_plan(arms, cfg.certify_tokens, len(cert_prompts), cfg.data_seed, cfg.prompt_tokens,
+                          cfg.data_split, cfg.model, cfg.drafter, cfg.threads)
+        store_dir = run_dir / "certify" / method
+        store_dir.mkdir(parents=True, exist_ok=True)
+        store = open_store(store_dir, plan)
+        decode_run(plan, model, cert_prompts, store, progress=True)
+        cert = certify_trust(trust_table(store), cfg.alpha, cfg.delta)
+        out[method] = {**cert.to_dict(), "calibrator_file": path, "certified_on": "evaluation prompts",
+                       "policy": arms[0].name, "max_new_tokens": cfg.certify_tokens}
+    return out
 
 
 def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
     """The whole pipeline; writes the run directory's files and returns the report."""
     check(cfg)
     t_start = time.perf_counter()
-    rows, source_info = load_rows(cfg)
+    rows, source_info, model, prompts = load_rows(cfg)
     label_col = "soft_label" if cfg.soft else "label"
     if rows.empty or rows["prompt_id"].nunique() < 2:
         raise UserError(f"source={cfg.source} holds {len(rows)} judged drafts from {rows['prompt_id'].nunique()} "
                         "prompts; allowed: drafts from >= 2 prompts (a policy that drafts: not ar)")
     try:
-        out = evaluate_calibrators(rows, cfg.calibrators, cfg.alpha, cfg.delta, label_col, cfg.cal_frac,
-                                   cfg.split_seed, cfg.min_rows, cfg.n_boot, cfg.n_bins)
+        out = evaluate_calibrators(rows, cfg.calibrators, label_col, cfg.cal_frac, cfg.split_seed, cfg.min_rows,
+                                   cfg.n_boot, cfg.n_bins)
     except ValueError as err:
         raise UserError(f"calibration split: {err}") from None
     rows = rows.assign(split=np.where(rows.index.isin(out.cal.index), "calibration", "evaluation"))
@@ -206,9 +244,22 @@ def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
         _save(c, run_dir / "calibrators" / f"{name}.json", {**source_info, "split": split_info,
               "fitted_on": "calibration", "label": label_col, "eval_ece_uniform": out.ece["raw" if name == "identity"
                                                                                              else name]})
+    if model is not None and cfg.certify and cfg.temperature == 0:
+        trust = certify_deployed(cfg, run_dir, model, prompts, set(out.ev["prompt_id"]))
+        for cert in trust.values():  # the certificate travels with the (unchanged) map it certifies
+            if cert["calibrator_file"] is not None:
+                path = Path(cert["calibrator_file"])
+                data = json.loads(path.read_text())
+                data["provenance"]["trust_certificate"] = cert
+                path.write_text(json.dumps(data, indent=1, allow_nan=False, default=str) + "\n")
+    else:
+        trust = {"skipped": "a trust threshold is certified on runs of the trusting policy itself; rows from a run "
+                            "directory come without a model to decode them (use source=collect)"
+                 if model is None else "certify=[]" if not cfg.certify else
+                 "sampling: the certification runs decode greedily, so they would not cover this policy"}
     report = {
         "rows": len(rows), "prompts": int(rows["prompt_id"].nunique()), "source": source_info, "split": split_info,
-        "label": label_col, "ece_eval": out.ece, "calibration_report": out.reports, "trust": out.trust,
+        "label": label_col, "ece_eval": out.ece, "calibration_report": out.reports, "trust": trust,
         "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
     }
     if cfg.figures:
@@ -253,12 +304,18 @@ def console_table(report: dict) -> str:
         aucs = " ".join(f"{_fmt(by[m][g]['auroc']):>17}" for m in methods)
         lines.append(f"{g:>5} {raw['n']:>6} {raw['base_rate']:>6.3f}  {eces}  {aucs}")
     cfg = report["config"]
-    lines.append(f"trust thresholds (alpha={cfg['alpha']}, delta={cfg['delta']}; certified on calibration, "
-                 "checked on evaluation):")
-    lines.append(f"{'score':>12} {'tau':>9} {'cal trusted':>11} {'eval error':>10} {'eval trusted':>12}")
+    if "skipped" in report["trust"]:
+        lines.append(f"trust thresholds: not certified ({report['trust']['skipped']})")
+        return "\n".join(lines)
+    lines.append(f"trust thresholds (alpha={cfg['alpha']}, delta={cfg['delta']}; the trusting policy decoded on the "
+                 "evaluation prompts at each tau, walked from the largest):")
+    lines.append(f"{'score':>12} {'tau':>9} {'risk':>8} {'p-value':>8} {'tpf':>6}  tested")
     for m, t in report["trust"].items():
-        lines.append(f"{m:>12} {_fmt(t['tau'], '.6g'):>9} {t['n_trusted']:>11} {_fmt(t['eval_error']):>10} "
-                     f"{t['eval_trusted_share']:>12.3f}")
+        last = [x for x in t["steps"] if x["tau"] == t["tau"]]
+        risk, p, tpf = ((_fmt(last[0]["risk"]), _fmt(last[0]["p_value"]), _fmt(last[0]["tpf"], ".2f")) if last
+                        else ("-", "-", "-"))
+        tested = ", ".join(f"{x['tau']:g}: p={x['p_value']:.3f}" for x in t["steps"])
+        lines.append(f"{m:>12} {_fmt(t['tau'], '.6g'):>9} {risk:>8} {p:>8} {tpf:>6}  {tested}")
     return "\n".join(lines)
 
 

@@ -67,6 +67,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, load, decode (resuming), summarise, write the figure and print the table."""
     import torch
 
+    from specpolicy.metrics import lossy_table
     from specpolicy.runs import environment_info, runner
     from specpolicy.runs.report import console_table
 
@@ -87,6 +88,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         plot_run_overview(run_dir)
     print(console_table(summary, precision=str(model.dtype) not in ("torch.float32", "torch.float64")
                         or bool(divergences)))
+    lossy = lossy_table(summary)  # lossy policies: errors per trusted/relaxed/committed token, NLL delta vs ar, ...
+    if lossy:
+        print(lossy)
     print(f"results: {run_dir}")
     return summary
 

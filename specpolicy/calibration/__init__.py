@@ -9,10 +9,14 @@ drives the decoder to record such rows.
 - ``calibrators``: identity / temperature / Platt / isotonic maps q -> P(accept), fitted per depth, saved as JSON.
 - ``data``: the rows themselves, from decoded results, a run's ``steps.parquet``, or a dedicated ``collect`` run.
 - ``policy``: the ``calibrated`` policy (registered on import): any registered policy fed calibrated P(accept).
-- ``certify``: fit on one half of the prompts, measure on the other, certify a threshold per score (the library half
-  of ``python -m experiments.calibrate``).
-- ``guarantee``: ``choose_tau_trust`` picks tau_trust so the error rate of trusted drafts is <= alpha with
-  probability >= 1 - delta (Learn-then-Test, fixed-sequence, exact binomial p-values).
+- ``certify``: fit on one half of the prompts, measure on the other (the library half of
+  ``python -m experiments.calibrate``).
+- ``trust_runs``, ``trust_certificate``, ``trust_validation``: the certificate of a deployed trusting policy: its own
+  runs at a fixed grid of taus (``trust_runs``), Learn-then-Test with betting p-values over prompts
+  (``certify_trust``: risk <= alpha with probability >= 1 - delta over the calibration prompts), and its check over
+  many random calibration/test splits (``validate_trust``).
+- ``guarantee``: ``choose_tau_trust``, Learn-then-Test on rows of drafts (one row per judged draft, binomial
+  p-values): a screening tool for drafts assumed i.i.d.; it does not certify a deployed policy (see its docstring).
 
 Example:
     >>> from specpolicy.calibration import get_calibrator, split_by_prompt, choose_tau_trust, ece
@@ -33,14 +37,7 @@ from .calibrators import (
     load_calibrator,
     split_by_prompt,
 )
-from .certify import (
-    CalibrationOutcome,
-    certify,
-    evaluate_calibrators,
-    fit_calibrators,
-    out_of_fold_scores,
-    trust_check,
-)
+from .certify import CalibrationOutcome, evaluate_calibrators, fit_calibrators
 from .data import ROW_COLUMNS, CalibrationDataError, collect, rows_from_results, rows_from_run, rows_from_steps
 from .guarantee import TrustThreshold, choose_tau_trust, default_grid, min_calibration_size
 from .metrics import auroc, brier, calibration_report, ece, log_loss, mce, reliability_table
@@ -52,8 +49,26 @@ from .policy import (
     shipped_calibrators,
     shipped_dir,
 )
+from .trust_certificate import BETS, RISKS, TrustCertificate, betting_p_value, certify_trust, per_prompt_losses, risk_of
+from .trust_runs import TABLE_COLUMNS, arm_label, trust_arms, trust_counts, trust_plan, trust_table
+from .trust_validation import validate_trust, validation_table
 
 __all__ = [
+    "BETS",
+    "RISKS",
+    "TABLE_COLUMNS",
+    "TrustCertificate",
+    "arm_label",
+    "betting_p_value",
+    "certify_trust",
+    "per_prompt_losses",
+    "risk_of",
+    "trust_arms",
+    "trust_counts",
+    "trust_plan",
+    "trust_table",
+    "validate_trust",
+    "validation_table",
     "CALIBRATORS",
     "ROW_COLUMNS",
     "SHIPPED_DIR",
@@ -70,7 +85,6 @@ __all__ = [
     "brier",
     "calibration_report",
     "calibrator_drafter",
-    "certify",
     "choose_tau_trust",
     "collect",
     "default_grid",
@@ -81,7 +95,6 @@ __all__ = [
     "load_calibrator",
     "log_loss",
     "mce",
-    "out_of_fold_scores",
     "min_calibration_size",
     "reliability_table",
     "resolve_calibrator",
@@ -91,5 +104,4 @@ __all__ = [
     "shipped_calibrators",
     "shipped_dir",
     "split_by_prompt",
-    "trust_check",
 ]

@@ -57,6 +57,13 @@ class GenerationStats:
     verify_s: float
     wall_s: float
     tokens_per_s: float
+    # the shadow verdicts split by provenance, and where the first one fell (defaults keep old constructors valid)
+    trusted_rejects: int = 0  # trusted tokens the strict rule would have rejected
+    relaxed_rejects: int = 0  # relaxed tokens (all of them: a relaxed rule is asked only after a strict rejection)
+    first_error: int = 0  # index of the first committed token whose shadow verdict is reject; new_tokens if none
+    lossy_tv_bound: float = 0.0  # sum over lossy tokens of P(the strict rule rejects it): trusted 1 - accept_prob,
+    # relaxed 1 (the rejection was drawn). Per new token, an upper bound on the mean per-token total-variation
+    # distance between the lossy rule's next-token distribution and the target's (coupling with the strict rule)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,13 +84,37 @@ class GenerationResult:
         return self.stats.lossy_tokens == 0
 
 
+def _shadow(steps: list[StepRecord], n_new: int) -> tuple[dict[str, int], int, float]:
+    """({"trusted": rejects, "relaxed": rejects}, index of the first rejected lossy token or ``n_new``, TV bound sum).
+
+    A step's committed tokens take positions ``position, position + 1, ...``; the first ``accepted`` of them are its
+    drafts d_1.., whose strict verdicts (the shadow verdicts of lossy ones) are ``verdicts[j]``.
+    """
+    rejects, first, tv = {"trusted": 0, "relaxed": 0}, n_new, 0.0
+    for s in steps:
+        for j, prov in enumerate(s.provenance[: s.accepted]):
+            if prov not in rejects:
+                continue
+            tv += 1.0 if prov == "relaxed" else 1.0 - float(s.accept_prob[j])
+            if not s.verdicts[j]:
+                rejects[prov] += 1
+                first = min(first, s.position + j)
+    return rejects, first, tv
+
+
 def summarise(
     token_ids: list[int], provenance: list[str], steps: list[StepRecord], prefill_s: float, wall_s: float
 ) -> GenerationStats:
+    """The ``GenerationStats`` of one generation from its committed tokens, their provenance and its step records.
+
+    Example:
+        >>> st = summarise([1, 2], ["target", "target"], [], prefill_s=0.0, wall_s=1.0)
+        >>> st.tpf, st.trusted_rejects, st.first_error                   # no step: AR's prefill token plus one
+        (2.0, 0, 2)
+    """
     counts = Counter(provenance)
-    shadow_rejects = sum(
-        1 for s in steps for j, prov in enumerate(s.provenance[: s.accepted]) if prov in ("relaxed", "trusted") and not s.verdicts[j]
-    )
+    rejects, first_error, tv = _shadow(steps, len(token_ids))
+    shadow_rejects = rejects["trusted"] + rejects["relaxed"]
     lossy = counts["relaxed"] + counts["trusted"]
     forwards = 1 + len(steps)
     drafted = sum(len(s.drafts) for s in steps)
@@ -105,4 +136,8 @@ def summarise(
         verify_s=sum(s.verify_s for s in steps),
         wall_s=wall_s,
         tokens_per_s=len(token_ids) / wall_s if wall_s > 0 else float("nan"),
+        trusted_rejects=rejects["trusted"],
+        relaxed_rejects=rejects["relaxed"],
+        first_error=min(first_error, len(token_ids)),
+        lossy_tv_bound=tv,
     )

@@ -13,6 +13,18 @@ Every figure is a *ratio of sums over prompts* (pooled), so long and short gener
     speedup_vs_ar     = tokens_per_s(policy) / tokens_per_s(ar), same prompts, same process (pooled, not per prompt)
     acceptance_by_depth[j] = sum accepted at depth j / sum drafts that reached depth j (strict or shadow verdicts)
     lossy_token_rate  = sum lossy tokens / sum new tokens;   lossy_error_rate = sum shadow rejects / sum new tokens
+    errors_per_trusted_token = sum trusted shadow rejects / sum trusted tokens (the risk a trust certificate bounds,
+                        pooled); errors_per_relaxed_token likewise (1 by construction: a relaxed rule is asked only
+                        after a strict rejection); errors_per_committed_token = lossy_error_rate. A shadow verdict is
+                        the strict rule against the *committed* prefix: after a first wrong token, later drafts are
+                        judged on the diverged text, which is why first_error / first_divergence stand beside them
+    first_error       = mean index of the first committed token whose shadow verdict is reject (= length if none)
+    lossy_tv_bound    = sum over lossy tokens of P(strict rule rejects it) / sum new tokens: an upper bound on the
+                        mean per-token total-variation distance between the lossy rule's next-token distribution and
+                        p given the same prefix (coupling with the strict rule; trusted: 1 - min(1, p/q), relaxed: 1).
+                        The exact distance needs the full p and q at every step, which step records do not keep
+    nll_delta_vs_ar   = target_nll(policy) - target_nll(ar) on the same prompts (paired bootstrap over prompts):
+                        how much less likely the target finds the lossy output than the lossless one, nats per token
     exact_match_rate  = share of prompts whose output equals the reference's (``ar``) token for token
     near_tie_rate, mismatch_rate = (lossless policies, greedy) shares of prompts whose output leaves ar's at a
                         numerical near-tie / otherwise (``decoding.precision``); a lossless mismatch is a bug
@@ -164,6 +176,7 @@ def summarise_policy(
         "lossy_token_rate": _figure(_ratio, [_stat(records, "lossy_tokens"), new], **kw),
         "lossy_error_rate": _figure(_ratio, [_stat(records, "shadow_rejects"), new], **kw),
     }
+    out.update(_lossy(records, new, kw))
     if all("nll_sum" in r for r in records):
         nll = np.array([r["nll_sum"] for r in records], dtype=float)
         out["target_nll"] = _figure(_ratio, [nll, np.array([r["nll_tokens"] for r in records], dtype=float)], **kw)
@@ -179,11 +192,40 @@ def summarise_policy(
     return out
 
 
+def _lossy(records: list[dict], new: np.ndarray, kw: dict) -> dict:
+    """Errors per trusted / relaxed / lossy / committed token, first error and the TV bound (None for records
+    written before these statistics existed)."""
+    keys = ("trusted_rejects", "relaxed_rejects", "first_error", "lossy_tv_bound")
+    if not records or not all(k in r["stats"] for r in records for k in keys):
+        return {k: None for k in ("errors_per_trusted_token", "errors_per_relaxed_token", "errors_per_lossy_token",
+                                  "errors_per_committed_token", "first_error", "lossy_tv_bound")}
+    return {
+        "errors_per_trusted_token": _figure(_ratio, [_stat(records, "trusted_rejects"),
+                                                     _stat(records, "trusted_tokens")], **kw),
+        "errors_per_relaxed_token": _figure(_ratio, [_stat(records, "relaxed_rejects"),
+                                                     _stat(records, "relaxed_tokens")], **kw),
+        "errors_per_lossy_token": _figure(_ratio, [_stat(records, "shadow_rejects"), _stat(records, "lossy_tokens")],
+                                          **kw),
+        "errors_per_committed_token": _figure(_ratio, [_stat(records, "shadow_rejects"), new], **kw),
+        "first_error": _figure(lambda a: a.mean(-1), [_stat(records, "first_error")], **kw),
+        "lossy_tv_bound": _figure(_ratio, [_stat(records, "lossy_tv_bound"), new], **kw),
+    }
+
+
+def _nll_delta(mine: list[dict], theirs: list[dict], kw: dict) -> dict | None:
+    """Pooled NLL per token of ``mine`` minus that of ``theirs`` (paired records), or None without NLLs."""
+    if not all("nll_sum" in r for r in mine + theirs):
+        return None
+    arrays = [np.array([r[k] for r in rs], dtype=float) for rs in (mine, theirs) for k in ("nll_sum", "nll_tokens")]
+    return _figure(lambda a, b, c, d: _ratio(a, b) - _ratio(c, d), arrays, **kw)
+
+
 def _paired(records: list[dict], reference: list[dict] | None, kw: dict, divergences: dict | None = None) -> dict:
     """Speedup, exact match and first divergence against the reference, over the prompts both have; with
     ``divergences`` ({"<prompt>|<policy>": {"kind": "near_tie" | "mismatch", ...}}) the differing prompts are split
     into numerical near-ties and mismatches (a lossless policy with a mismatch is a bug)."""
-    none = {"speedup_vs_ar": None, "exact_match_rate": None, "first_divergence": None, "n_paired": 0}
+    none = {"speedup_vs_ar": None, "exact_match_rate": None, "first_divergence": None, "nll_delta_vs_ar": None,
+            "n_paired": 0}
     if reference is None:
         return none
     ref = {r["prompt_id"]: r for r in reference}
@@ -198,6 +240,7 @@ def _paired(records: list[dict], reference: list[dict] | None, kw: dict, diverge
         "speedup_vs_ar": _figure(lambda a, b, c, d: _ratio(a, b) / _ratio(c, d), arrays, **kw),
         "exact_match_rate": _figure(lambda a: a.mean(-1), [match], **kw),
         "first_divergence": _figure(lambda a: a.mean(-1), [div], **kw),
+        "nll_delta_vs_ar": _nll_delta(mine, theirs, kw),
         "n_paired": len(pairs),
     }
     if divergences is not None:

@@ -84,9 +84,8 @@ def test_pipeline_on_a_run_directory(tmp_path):
         assert ece[name]["all"] < 0.6 * ece["raw"]["all"], ece
     assert ece["temperature"]["all"] < ece["raw"]["all"]  # no bias term: it cannot fully undo q^2
     assert ece["platt"]["1"] < 0.05 < ece["raw"]["1"]
-    for name, t in report["trust"].items():
-        assert t["alpha"] == 0.05 and t["delta"] == 0.1 and 0 <= t["eval_trusted_share"] <= 1, name
-        assert t["design_effect"] >= 1.0
+    assert "runs of the trusting policy itself" in report["trust"]["skipped"]  # rows alone certify nothing
+    assert "trust thresholds: not certified" in res.stdout
     depths = [r["group"] for r in report["calibration_report"]["raw"]]
     assert depths == ["1", "2", "3", "4", "all"]
     assert sorted(p.name for p in out_dir.glob("reliability_depth*.png")) == [f"reliability_depth{j}.png"
