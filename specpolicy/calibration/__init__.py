@@ -15,15 +15,13 @@ drives the decoder to record such rows.
   runs at a fixed grid of taus (``trust_runs``), Learn-then-Test with betting p-values over prompts
   (``certify_trust``: risk <= alpha with probability >= 1 - delta over the calibration prompts), and its check over
   many random calibration/test splits (``validate_trust``).
-- ``guarantee``: ``choose_tau_trust``, Learn-then-Test on rows of drafts (one row per judged draft, binomial
-  p-values): a screening tool for drafts assumed i.i.d.; it does not certify a deployed policy (see its docstring).
 
 Example:
-    >>> from specpolicy.calibration import get_calibrator, split_by_prompt, choose_tau_trust, ece
+    >>> from specpolicy.calibration import get_calibrator, split_by_prompt, ece
     >>> cal_df, eval_df = split_by_prompt(traces)                                        # doctest: +SKIP
     >>> cal = get_calibrator("isotonic").fit(cal_df.confidence, cal_df.label, cal_df.depth)  # doctest: +SKIP
     >>> p_hat = cal.predict(eval_df.confidence, eval_df.depth)                           # doctest: +SKIP
-    >>> ece(p_hat, eval_df.label), choose_tau_trust(p_hat, eval_df.label, alpha=0.05).tau  # doctest: +SKIP
+    >>> ece(p_hat, eval_df.label)                                                        # doctest: +SKIP
 """
 
 from .calibrators import (
@@ -39,7 +37,6 @@ from .calibrators import (
 )
 from .certify import CalibrationOutcome, evaluate_calibrators, fit_calibrators
 from .data import ROW_COLUMNS, CalibrationDataError, collect, rows_from_results, rows_from_run, rows_from_steps
-from .guarantee import TrustThreshold, choose_tau_trust, default_grid, min_calibration_size
 from .metrics import auroc, brier, calibration_report, ece, log_loss, mce, reliability_table
 from .policy import (
     SHIPPED_DIR,
@@ -80,14 +77,11 @@ __all__ = [
     "IsotonicCalibrator",
     "PlattCalibrator",
     "TemperatureCalibrator",
-    "TrustThreshold",
     "auroc",
     "brier",
     "calibration_report",
     "calibrator_drafter",
-    "choose_tau_trust",
     "collect",
-    "default_grid",
     "ece",
     "evaluate_calibrators",
     "fit_calibrators",
@@ -95,7 +89,6 @@ __all__ = [
     "load_calibrator",
     "log_loss",
     "mce",
-    "min_calibration_size",
     "reliability_table",
     "resolve_calibrator",
     "rows_from_results",

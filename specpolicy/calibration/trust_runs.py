@@ -12,7 +12,7 @@ it stopped), and ``trust_table`` reduces them to one row per (prompt, tau):
                 text the user gets)
     new_tokens, target_forwards   for the speed (TPF) of the tau
 
-Those rows are reused across any number of calibration/test splits (``guarantee.certify_trust``).
+Those rows are reused across any number of calibration/test splits (``trust_certificate.certify_trust``).
 
 Example:
     >>> arms = trust_arms([0.95, 0.9, 0.8])

@@ -1,12 +1,11 @@
-"""Calibration rows: only judged drafts, correct depth/position/labels, from results, run directories and ``collect``;
-and, on rows recorded from the shipped model (``data/rows.parquet``), why token-level p-values do not certify."""
+"""Calibration rows: only judged drafts, correct depth/position/labels, from results, run directories and ``collect``,
+and the rows recorded from the shipped model (``data/rows.parquet``)."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +13,6 @@ import torch
 from specpolicy.calibration import (
     ROW_COLUMNS,
     CalibrationDataError,
-    choose_tau_trust,
     collect,
     rows_from_results,
     rows_from_run,
@@ -24,7 +22,6 @@ from specpolicy.decoding import StepRecord, generate
 from specpolicy.models.loading import TinyConfig, build_mtp_model
 
 RECORDED = Path(__file__).parent / "data" / "rows.parquet"
-ALPHA, DELTA = 0.05, 0.1
 
 
 def _step(step, position, drafts, conf, verdicts, trusted=None, accept_prob=None) -> StepRecord:
@@ -164,24 +161,3 @@ def test_recorded_rows_come_from_the_shipped_model_and_cover_every_depth():
     assert tuple(rows.columns[: len(ROW_COLUMNS)]) == ROW_COLUMNS
     assert rows["prompt_id"].nunique() >= 50 and set(rows["depth"]) == set(range(1, 7))
     assert set(rows["label"]) == {0, 1}
-
-
-def _splits(rows: pd.DataFrame, n_splits: int, seed: int = 0):
-    """Random halves of the recorded prompts: (calibration rows, test rows), disjoint by prompt."""
-    prompts = rows["prompt_id"].unique()
-    rng = np.random.default_rng(seed)
-    for _ in range(n_splits):
-        in_cal = rows["prompt_id"].isin(rng.permutation(prompts)[: len(prompts) // 2]).to_numpy()
-        yield rows[in_cal], rows[~in_cal]
-
-
-def test_token_level_p_values_are_optimistic_on_real_drafts():
-    """Why a trust certificate needs prompts as the sampling unit: treating the (dependent) drafts of a prompt as
-    independent, token-level binomial p-values let the test error exceed alpha in far more than delta of splits."""
-    rows = _recorded()
-    violations = 0
-    for cal, test in _splits(rows, 200):
-        t = choose_tau_trust(cal["confidence"], cal["label"], ALPHA, DELTA)  # token-level binomial p-values
-        trusted = t.trusted(test["confidence"].to_numpy())
-        violations += bool(trusted.any()) and 1 - test["label"].to_numpy()[trusted].mean() > ALPHA
-    assert violations / 200 > 2 * DELTA
