@@ -1,6 +1,6 @@
 """Turn results directories into the paper's tables (LaTeX) — every number in paper/ comes from a run on disk.
 
-    python -m analysis.paper_assets --bench runs/bench/<time> [--calibration runs/calibrate/<time>] [--out paper/tables]
+    python -m analysis.paper_assets --bench runs/bench/<time> [--calibration runs/calibrate/<time>] [--out paper/generated]
 
 Writes ``model.tex`` (the shipped model's card figures), ``bench.tex`` (tokens/s, TPF, speedup of every lossless
 policy and transformers baselines, with the cost curve in the caption) and, if given, ``calibration.tex``.
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", help="a results directory of experiments.bench (bench.json)")
     ap.add_argument("--calibration", help="a results directory of experiments.calibrate (report.json)")
-    ap.add_argument("--out", default="paper/tables")
+    ap.add_argument("--out", default="paper/generated")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

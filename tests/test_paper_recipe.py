@@ -1,0 +1,58 @@
+"""``bash experiments/recipes/paper.sh --quick``: every stage of the paper recipe on tiny settings into a tmp folder;
+the generated numbers, tables and figures exist, and every macro and generated file the paper uses is defined."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "paper"
+
+
+def _tex_sources() -> dict[Path, str]:
+    return {f: f.read_text() for f in [PAPER / "main.tex", *sorted((PAPER / "sections").glob("*.tex"))]}
+
+
+def test_quick_recipe_defines_everything_the_paper_uses(tmp_path):
+    env = {**os.environ, "PAPER_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO / "experiments/recipes/paper.sh"), "--quick"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "budget" in proc.stdout and "all stages done" in proc.stdout
+    gen, figs = tmp_path / "paper" / "generated", tmp_path / "paper" / "figures"
+    defined = set(re.findall(r"\\newcommand\{\\(rs[A-Za-z]+)\}", (gen / "numbers.tex").read_text()))
+    assert len(defined) > 100
+    for name in ("speed_quality", "acceptance", "cost", "threshold_sweep"):
+        assert (figs / f"{name}.pdf").is_file() and (figs / f"{name}.png").is_file(), name
+    for src, text in _tex_sources().items():
+        text = re.sub(r"(?<!\\)%.*", "", text)
+        for used in re.findall(r"\\(rs[A-Za-z]+)", text):
+            assert used in defined, f"{src.name} uses \\{used}, which numbers.tex does not define"
+        for inc in re.findall(r"\\input\{([^}]+)\}", text):
+            base = gen.parent if inc.startswith("generated/") else PAPER
+            assert (base / inc).is_file(), f"{src.name} inputs {inc}, which does not exist"
+        for fig in re.findall(r"\\input\{generated/fig_([a-z_]+)\.tex\}", text):
+            assert "includegraphics[width=6in]{figures/" in (gen / f"fig_{fig}.tex").read_text(), fig
+    # a rerun skips every finished job (resumable); figures and numbers are not rerun here to keep the test cheap
+    again = subprocess.run([sys.executable, "-m", "experiments.recipes.paper", "--quick", "--only", "runs", "calibrate",
+                            "replay", "bench"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 12, again.stdout[-2000:]
+
+
+def test_no_number_is_typed_by_hand():
+    """Results are macros: the hand-written text holds no decimal number (layout lengths aside)."""
+    for src, text in _tex_sources().items():
+        text = re.sub(r"(?<!\\)%.*", "", text)
+        text = re.sub(r"\[[^\]]*(?:in|pt|margin)[^\]]*\]", "", text)  # [width=6in], [10pt], [margin=1in]
+        typed = re.findall(r"(?<![A-Za-z\d.])\d+\.\d+", text)  # not a name such as DeepSeek-V3.2
+        assert not typed, f"{src.name}: {typed}"
+
+
+def test_bad_option_is_one_line():
+    proc = subprocess.run(["bash", str(REPO / "experiments/recipes/paper.sh"), "--quik"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "allowed: --quick" in proc.stderr
