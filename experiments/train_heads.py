@@ -4,12 +4,17 @@
     python -m experiments.train_heads smoke=true hydra.run.dir=runs/train_heads/smoke   # seconds: what the tests run
     python -m experiments.train_heads install=true                     # also ship them in assets/tiny/medusa/
     python -m experiments.train_heads model=hf model.path=DIR num_heads=3 out=DIR/medusa
+    python -m experiments.train_heads num_layers=2 text_windows=1536 min_lr_ratio=0.1   # deeper heads, more rows
 
 Data: ``n_prompts`` train-split prompts of ``prompt_tokens`` tokens, each continued greedily by the target for
-``new_tokens`` tokens; the target's final hidden states over each sequence are computed once (no grad). Head k at
-index i is trained with CE to predict ``seq[i+k+1]``, for every index i >= prompt_tokens - 1 (where decoding reads
-heads) whose label is inside the sequence (``specpolicy.models.medusa``). Each step draws ``batch_rows`` random
-(sequence, index) rows. The target, its LM head included, stays frozen.
+``new_tokens`` tokens; the target's final hidden states are kept while it decodes (no grad). Head k at index i is
+trained with CE to predict ``seq[i+k+1]``, for every index i >= prompt_tokens - 1 (where decoding reads heads) whose
+label is inside the sequence (``specpolicy.models.medusa``). ``text_windows`` > 0 adds rows from train-split real
+text (one teacher-forced forward per window, far cheaper than decoding): index i counts where the text's next token
+is the target's greedy token, and head k is labelled only where the text is the greedy chain up to i + k, so every
+label is still the target's greedy continuation of the text up to i. Each step draws ``batch_rows`` random rows of
+either kind. The heads have ``num_layers`` residual blocks each; the learning rate warms up, then stays constant or
+(``min_lr_ratio`` < 1) decays on a cosine. The target, its LM head included, stays frozen.
 
 A checkpoint (heads, optimiser, step, generator) is written to the run directory every ``ckpt_every`` steps; the same
 command with the same ``hydra.run.dir`` resumes from it (raising ``steps`` continues training). Writes the heads
@@ -47,12 +52,16 @@ SMOKE = {"n_prompts": 16, "prompt_tokens": 32, "new_tokens": 32, "steps": 20, "b
 class TrainHeadsConfig:
     model: ModelConf = field(default_factory=ModelConf)  # group model/
     num_heads: int = 4  # K
+    num_layers: int = 1  # residual blocks per head (Medusa's medusa_num_layers)
     n_prompts: int = 384  # train-split prompts continued by the target
     prompt_tokens: int = 64
     new_tokens: int = 128
+    text_windows: int = 0  # extra rows: train-split real-text windows where the text is the target's greedy chain
+    text_tokens: int = 256  # tokens per real-text window
     steps: int = 400
     batch_rows: int = 1024  # (sequence, index) rows per step
-    lr: float = 2e-3  # AdamW, linear warmup then constant (so a resumed run with more steps continues the same way)
+    lr: float = 2e-3  # AdamW, linear warmup, then constant (min_lr_ratio=1: a resumed run with more steps continues
+    min_lr_ratio: float = 1.0  # the same way) or cosine decay to lr * min_lr_ratio at ``steps`` (< 1)
     warmup_steps: int = 20
     weight_decay: float = 0.0
     ckpt_every: int = 50
@@ -78,17 +87,22 @@ def plan_of(cfg: DictConfig) -> TrainHeadsConfig:
     if c.smoke:
         defaults = TrainHeadsConfig()
         c = dataclasses.replace(c, **{k: v for k, v in SMOKE.items() if getattr(c, k) == getattr(defaults, k)})
-    for name in ("num_heads", "n_prompts", "prompt_tokens", "steps", "batch_rows", "ckpt_every", "eval_prompts",
-                 "decode_tokens", "decode_k", "threads"):
+    for name in ("num_heads", "num_layers", "n_prompts", "prompt_tokens", "steps", "batch_rows", "ckpt_every",
+                 "eval_prompts", "decode_tokens", "decode_k", "threads"):
         if not isinstance(getattr(c, name), int) or getattr(c, name) < 1:
             raise UserError(f"{name}={getattr(c, name)!r} is invalid; allowed: an integer >= 1")
     if c.new_tokens < c.num_heads + 2:
         raise UserError(f"new_tokens={c.new_tokens} leaves head {c.num_heads} no label; allowed: new_tokens >= "
                         f"num_heads + 2 = {c.num_heads + 2}")
-    if c.decode_prompts < 0 or c.warmup_steps < 0 or c.weight_decay < 0:
-        raise UserError("decode_prompts, warmup_steps and weight_decay must be >= 0; allowed: 0 or more")
+    if c.decode_prompts < 0 or c.warmup_steps < 0 or c.weight_decay < 0 or c.text_windows < 0:
+        raise UserError("decode_prompts, warmup_steps, weight_decay and text_windows must be >= 0; allowed: 0 or more")
+    if c.text_windows and c.text_tokens < c.num_heads + 2:
+        raise UserError(f"text_tokens={c.text_tokens} leaves head {c.num_heads} no label; allowed: text_tokens >= "
+                        f"num_heads + 2 = {c.num_heads + 2}")
     if not c.lr > 0:
         raise UserError(f"lr={c.lr} is invalid; allowed: > 0")
+    if not 0 <= c.min_lr_ratio <= 1:
+        raise UserError(f"min_lr_ratio={c.min_lr_ratio} is invalid; allowed: 0 <= min_lr_ratio <= 1")
     if c.install and c.model.path != "tiny":
         raise UserError(f"install=true ships heads for the embedded model only, not model.path={c.model.path!r}; "
                         "allowed: model=tiny, or out=<dir> for another model")
@@ -141,22 +155,86 @@ def rows_of(model, seqs: torch.Tensor, c: TrainHeadsConfig) -> tuple[torch.Tenso
     return h.reshape(-1, h.shape[-1]), labels.reshape(c.num_heads, -1)
 
 
-def data_for(model, c: TrainHeadsConfig, run_dir: Path) -> torch.Tensor:
-    """The training sequences, generated once and kept in the run directory (a resumed run reads them back)."""
-    f = run_dir / "train_seqs.pt"
-    if f.exists():
-        return torch.load(f, map_location=model.device)
-    seqs = continuations(model, "train", c.n_prompts, c, c.seed, "continue (train)")
-    torch.save(seqs.cpu(), f.with_suffix(".tmp"))
-    os.replace(f.with_suffix(".tmp"), f)
-    return seqs
+def text_data(model, c: TrainHeadsConfig, d: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``text_rows`` of ``text_windows`` random train-split windows, 32 at a time, kept in ``d`` (fp16 hidden)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from specpolicy.data import load_corpus
+    from specpolicy.data.tokens import encode_split
+    from specpolicy.models.medusa import text_rows
+
+    if not c.text_windows:
+        return [], []
+    stream = encode_split(load_corpus(), model.tokenizer, "train")
+    starts = np.random.default_rng(c.seed).integers(0, len(stream) - c.text_tokens, size=c.text_windows)
+    hs, labels = [], []
+    for a in tqdm(range(0, c.text_windows, 32), desc="real text (train)", dynamic_ncols=True):
+        f = d / f"text_{a:07d}.pt"
+        if not f.exists():
+            win = torch.tensor(np.stack([stream[s : s + c.text_tokens] for s in starts[a : a + 32]]).astype(np.int64),
+                               device=model.device)
+            h, lab = text_rows(model.target, win, c.num_heads)
+            torch.save({"hidden": h.half().cpu(), "labels": lab.cpu()}, f.with_suffix(".tmp"))
+            os.replace(f.with_suffix(".tmp"), f)
+        part = torch.load(f, map_location=model.device)
+        hs.append(part["hidden"])
+        labels.append(part["labels"])
+    return hs, labels
+
+
+def data_for(model, c: TrainHeadsConfig, run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training rows: hidden states [N, H] (fp16) of indices P-1 .. T-2 of every train-split continuation and their
+    labels [K, N]. Generated once, ``GEN_BATCH`` prompts at a time, each batch kept in ``run_dir/train_data/`` (fp16
+    hidden states, so a resumed run, or one interrupted while generating, reads back exactly the same rows)."""
+    from tqdm.auto import tqdm
+
+    from specpolicy.data import load_corpus, sample_prompts
+    from specpolicy.models.medusa import greedy_rows, medusa_labels
+
+    d = run_dir / "train_data"
+    d.mkdir(exist_ok=True)
+    try:
+        prompts = sample_prompts(load_corpus(), model.tokenizer, c.n_prompts, c.prompt_tokens, c.seed, split="train")
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    ids = torch.tensor([p.ids for p in prompts], device=model.device)  # [n, P]
+    hs, labels = [], []
+    for a in tqdm(range(0, len(ids), GEN_BATCH), desc="continue (train)", dynamic_ncols=True):
+        f = d / f"{a:07d}.pt"
+        if not f.exists():
+            seqs, h = greedy_rows(model.target, ids[a : a + GEN_BATCH], c.new_tokens)
+            torch.save({"seqs": seqs.cpu(), "hidden": h.half().cpu()}, f.with_suffix(".tmp"))
+            os.replace(f.with_suffix(".tmp"), f)
+        part = torch.load(f, map_location=model.device)
+        hs.append(part["hidden"].reshape(-1, part["hidden"].shape[-1]))  # [B * new, H]
+        labels.append(medusa_labels(part["seqs"], c.num_heads, c.prompt_tokens - 1)[:, :, :-1].reshape(c.num_heads, -1))
+    text_h, text_labels = text_data(model, c, d)
+    return torch.cat(hs + text_h), torch.cat(labels + text_labels, dim=1)
 
 
 def settings_key(c: TrainHeadsConfig) -> dict:
     """What a checkpoint must share with the command that resumes it (``steps`` and the outputs may change)."""
-    keep = ("num_heads", "n_prompts", "prompt_tokens", "new_tokens", "batch_rows", "lr", "warmup_steps",
+    keep = ("num_heads", "num_layers", "n_prompts", "text_windows", "text_tokens", "prompt_tokens", "new_tokens",
+            "batch_rows", "lr", "min_lr_ratio", "warmup_steps",
             "weight_decay", "seed")
     return {"model": str(c.model.path), **{k: getattr(c, k) for k in keep}}
+
+
+def lr_at(step: int, c: TrainHeadsConfig) -> float:
+    """Learning rate of step ``step`` (0-based): linear warmup over ``warmup_steps``, then ``lr`` (min_lr_ratio=1) or
+    a cosine from ``lr`` down to ``lr * min_lr_ratio`` at step ``steps``.
+
+    >>> lr_at(0, TrainHeadsConfig(lr=1e-3, warmup_steps=10))
+    0.0001
+    """
+    import math
+
+    warm = min(1.0, (step + 1) / max(1, c.warmup_steps))
+    if c.min_lr_ratio == 1.0:
+        return c.lr * warm
+    t = min(1.0, max(0, step - c.warmup_steps) / max(1, c.steps - c.warmup_steps))
+    return c.lr * warm * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def train(model, c: TrainHeadsConfig, run_dir: Path):
@@ -168,7 +246,7 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
     lm_head = model.target.get_output_embeddings()
     V, H = lm_head.weight.shape
     torch.manual_seed(c.seed)
-    heads = MedusaHeads(H, V, c.num_heads).to(model.device)
+    heads = MedusaHeads(H, V, c.num_heads, c.num_layers).to(model.device)
     opt = torch.optim.AdamW(heads.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     gen = torch.Generator().manual_seed(c.seed)
     ckpt, step, history, elapsed0 = run_dir / "ckpt.pt", 0, [], 0.0
@@ -182,8 +260,10 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
         gen.set_state(state["gen"])
         step, history, elapsed0 = state["step"], state["history"], state["elapsed_s"]
         print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+    n_rows = None if c.text_windows else c.n_prompts * c.new_tokens  # known without the data when no text rows
     if step < c.steps:  # rows [N, H] and labels [K, N]; a finished run re-evaluates without them
-        h, labels = rows_of(model, data_for(model, c, run_dir), c)
+        h, labels = data_for(model, c, run_dir)
+        n_rows = h.shape[0]
 
     def save(at: int) -> None:
         torch.save({"heads": heads.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": at,
@@ -197,9 +277,9 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
     heads.train()
     while step < c.steps:
         for group in opt.param_groups:
-            group["lr"] = c.lr * min(1.0, (step + 1) / max(1, c.warmup_steps))
+            group["lr"] = lr_at(step, c)
         idx = torch.randint(0, h.shape[0], (c.batch_rows,), generator=gen).to(h.device)
-        losses = medusa_loss(heads, lm_head, h[idx], labels[:, idx])
+        losses = medusa_loss(heads, lm_head, h[idx].float(), labels[:, idx])
         loss = torch.stack(losses).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -213,7 +293,7 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
             save(step)
     bar.close()
     heads.eval()
-    info = {"steps": step, "rows": c.n_prompts * (c.new_tokens + 1), "history": history,
+    info = {"steps": step, "rows": n_rows, "history": history,
             "wall_clock_s": round(elapsed0 + time.perf_counter() - t0, 1)}
     return heads, info
 

@@ -1,21 +1,25 @@
-"""Medusa-1 heads: K residual blocks on the target's last hidden state, read through the target's own LM head.
+"""Medusa-1 heads: K stacks of residual blocks on the target's last hidden state, read through the target's LM head.
 
 Indexing as in ``models.mtp``: ``h_i`` is the target's final hidden state at index i (the output of
 ``target.get_decoder()``, already final-normed); the target's head reads it to predict ``t_{i+1}``. Head k (1-based)
-predicts ``t_{i+k+1}`` from the same ``h_i``::
+predicts ``t_{i+k+1}`` from the same ``h_i`` through L residual blocks (``num_layers``, as ``medusa_num_layers`` in
+the Medusa reference code)::
 
-    logits_k(h_i) = lm_head(h_i + SiLU(W_k h_i + b_k))          W_k: [H, H], b_k: [H]
+    r_0 = h_i,   r_l = r_{l-1} + SiLU(W_{k,l} r_{l-1} + b_{k,l})  (l = 1..L),   logits_k(h_i) = lm_head(r_L)
 
-The LM head is the target's (shared, frozen, never stored with the heads), so K heads cost K x (H^2 + H) parameters.
-W_k and b_k start at zero: every head starts as the target's next-token head. Drafting depth j reads head j; past the
-K heads the last head is re-used (its features at deeper depths are untrained: it keeps predicting t_{i+K+1}).
+The LM head is the target's (shared, frozen, never stored with the heads), so K heads cost K x L x (H^2 + H)
+parameters. Every W and b starts at zero: every head starts as the target's next-token head. Drafting depth j reads
+head j; past the K heads the last head is re-used (its features at deeper depths are untrained: it keeps predicting
+t_{i+K+1}).
 
-On disk a directory holds ``heads.safetensors`` (``heads.{k}.weight`` / ``heads.{k}.bias``, k = 0..K-1) and
-``config.json`` (hidden_size, vocab_size, num_heads, the target they were trained for). ``load_model(path,
-drafter="medusa")`` reads ``<path>/medusa``; ``drafter="medusa:<dir>"`` any directory.
+On disk a directory holds ``heads.safetensors`` and ``config.json`` (hidden_size, vocab_size, num_heads, num_layers,
+the target they were trained for). Block 1 of head k is ``heads.{k}.weight`` / ``heads.{k}.bias``, block l >= 2 is
+``blocks.{k}.{l-2}.weight`` / ``.bias`` (k = 0..K-1), so one-block heads (a config without ``num_layers``: 1) keep
+the original layout. ``load_model(path, drafter="medusa")`` reads ``<path>/medusa``; ``drafter="medusa:<dir>"`` any
+directory. ``greedy_rows`` and ``text_rows`` make the self-distillation rows ``experiments.train_heads`` trains on.
 
 Example:
-    >>> heads = MedusaHeads(hidden_size=320, vocab_size=4096, num_heads=4)
+    >>> heads = MedusaHeads(hidden_size=320, vocab_size=4096, num_heads=4, num_layers=2)
     >>> logits = heads.logits(h, depth=1, lm_head=model.target.get_output_embeddings())   # h: [..., H] -> [..., V]
     >>> save_medusa_heads(heads, "runs/heads/medusa", {"target_weights_sha256": sha})
 """
@@ -30,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MedusaHeads", "head_for_depth", "load_medusa_heads", "medusa_agreement", "medusa_labels", "medusa_loss",
-           "save_medusa_heads"]
+__all__ = ["MedusaHeads", "greedy_rows", "head_for_depth", "load_medusa_heads", "medusa_agreement", "medusa_labels",
+           "medusa_loss", "save_medusa_heads", "text_rows"]
 
 WEIGHTS, CONFIG = "heads.safetensors", "config.json"
 FORMAT = "specpolicy-medusa-1"
@@ -45,23 +49,32 @@ def head_for_depth(depth: int, num_heads: int) -> int:
 
 
 class MedusaHeads(nn.Module):
-    """K Medusa-1 residual heads (the LM head is passed in: it is the target's, not part of these weights)."""
+    """K Medusa-1 heads of ``num_layers`` residual blocks each (the LM head is passed in: it is the target's, not
+    part of these weights).
 
-    def __init__(self, hidden_size: int, vocab_size: int, num_heads: int = 4):
+    >>> heads = MedusaHeads(320, 4096, num_heads=4, num_layers=2)   # 4 x 2 x (320^2 + 320) parameters
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, num_heads: int = 4, num_layers: int = 1):
         super().__init__()
-        if num_heads < 1:
-            raise ValueError(f"num_heads={num_heads} is invalid; allowed: >= 1")
+        for name, v in (("num_heads", num_heads), ("num_layers", num_layers)):
+            if v < 1:
+                raise ValueError(f"{name}={v} is invalid; allowed: >= 1")
         self.hidden_size, self.vocab_size, self.num_heads = hidden_size, vocab_size, num_heads
-        self.heads = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_heads))
+        self.num_layers = num_layers
+        self.heads = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_heads))  # block 1
+        self.blocks = nn.ModuleList(nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers - 1))
+                                    for _ in range(num_heads))  # blocks 2..L of each head
         with torch.no_grad():
-            for lin in self.heads:  # zero residual branch: head k starts as the target's next-token head
-                lin.weight.zero_()
-                lin.bias.zero_()
+            for p in self.parameters():  # zero residual branches: head k starts as the target's next-token head
+                p.zero_()
 
     def features(self, h: torch.Tensor, k: int) -> torch.Tensor:
-        """h + SiLU(W_k h + b_k) for head index k (0-based); h: [..., H] -> [..., H]."""
-        lin = self.heads[k]
-        return h + F.silu(lin(h.to(lin.weight.dtype)).to(h.dtype))
+        """The L residual blocks of head index k (0-based) on h: [..., H] -> [..., H] (in h's dtype)."""
+        x = h
+        for lin in (self.heads[k], *self.blocks[k]):
+            x = x + F.silu(lin(x.to(lin.weight.dtype)).to(h.dtype))
+        return x
 
     def logits(self, h: torch.Tensor, depth: int, lm_head: nn.Module) -> torch.Tensor:
         """Logits [..., V] of the token ``depth + 1`` after the one ``h`` [..., H] predicts (depth 1-based)."""
@@ -106,6 +119,49 @@ def medusa_agreement(heads: MedusaHeads, lm_head: nn.Module, h: torch.Tensor, la
     return list(zip(hits, counts))
 
 
+@torch.no_grad()
+def greedy_rows(target, prompts: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy continuations [B, P + new] of prompts [B, P] (KV cached, as ``greedy_continue``) and the target's final
+    hidden states [B, new, H] at indices P-1 .. P+new-2, kept while decoding (the rows whose next token is greedy).
+
+    >>> seqs, hidden = greedy_rows(model.target, prompts, 128)   # training rows of experiments.train_heads
+    """
+    from transformers import DynamicCache
+
+    body, lm_head = target.get_decoder(), target.get_output_embeddings()
+    cache = DynamicCache(config=target.config)
+    h = body(input_ids=prompts, cache=cache).last_hidden_state[:, -1:]  # [B, 1, H]: index P-1
+    hs, toks = [h], [lm_head(h).argmax(-1)]
+    for _ in range(new_tokens - 1):
+        h = body(input_ids=toks[-1], cache=cache).last_hidden_state
+        hs.append(h)
+        toks.append(lm_head(h).argmax(-1))
+    return torch.cat([prompts, *toks], dim=1), torch.cat(hs, dim=1)
+
+
+@torch.no_grad()
+def text_rows(target, windows: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of real-text windows [B, W] that are greedy-continuation rows: index i counts when ``x_{i+1}`` is the
+    target's greedy token there; head k is labelled with the greedy token ``g_{i+k}`` where ``x_{i+1..i+k}`` are the
+    greedy chain from ``x_<=i`` (so the label is ``t_{i+k+1}`` of the target's greedy continuation of ``x_<=i``), else
+    -100. Returns hidden states [N, H] and labels [K, N] of the counted indices.
+
+    >>> h, labels = text_rows(model.target, windows, num_heads=4)   # windows: [B, W] token ids of real text
+    """
+    h = target.get_decoder()(input_ids=windows).last_hidden_state  # [B, W, H]
+    g = target.get_output_embeddings()(h).argmax(-1)  # [B, W]: greedy next token at each index
+    B, W = windows.shape
+    ok = windows[:, 1:] == g[:, :-1]  # [B, W-1]: x_{i+1} is greedy at index i
+    labels = torch.full((num_heads, B, W), -100, dtype=torch.long, device=windows.device)
+    chain = ok.clone()
+    for k in range(1, num_heads + 1):  # chain[:, i]: ok at i .. i+k-1 (indices i <= W-1-k)
+        if k > 1:
+            chain = chain[:, :-1] & ok[:, k - 1 :]
+        labels[k - 1, :, : W - k] = torch.where(chain[:, : W - k], g[:, k:], -100)
+    keep = labels[0] != -100  # [B, W]
+    return h[keep], labels[:, keep]
+
+
 def save_medusa_heads(heads: MedusaHeads, out_dir: str | Path, meta: dict | None = None,
                       dtype: torch.dtype = torch.float16) -> Path:
     """Write ``heads.safetensors`` (``dtype``) and ``config.json`` (sizes + ``meta``: the target fingerprint and
@@ -120,7 +176,8 @@ def save_medusa_heads(heads: MedusaHeads, out_dir: str | Path, meta: dict | None
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in heads.state_dict().items()}
     save_file(sd, str(out / WEIGHTS), metadata={"format": "pt"})
     config = {**(meta or {}), "format": FORMAT, "hidden_size": heads.hidden_size, "vocab_size": heads.vocab_size,
-              "num_heads": heads.num_heads, "dtype": str(dtype).removeprefix("torch.")}
+              "num_heads": heads.num_heads, "num_layers": heads.num_layers,
+              "dtype": str(dtype).removeprefix("torch.")}
     (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -140,11 +197,14 @@ def _read_config(where: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _fail(f"Medusa heads {where}/{CONFIG} is unreadable ({type(err).__name__}); {allowed}") from None
     config = config if isinstance(config, dict) else {}
-    missing = [k for k in ("hidden_size", "vocab_size", "num_heads") if not isinstance(config.get(k), int)]
+    config = {"num_layers": 1, **config}  # heads written before num_layers existed have one block
+    missing = [k for k in ("hidden_size", "vocab_size", "num_heads", "num_layers")
+               if not isinstance(config.get(k), int)]
     if missing:
         raise _fail(f"Medusa heads {where}/{CONFIG} lacks integer {', '.join(missing)}; {allowed}")
-    if config["num_heads"] < 1:
-        raise _fail(f"Medusa heads {where}/{CONFIG}: num_heads={config['num_heads']}; allowed: >= 1")
+    for key in ("num_heads", "num_layers"):
+        if config[key] < 1:
+            raise _fail(f"Medusa heads {where}/{CONFIG}: {key}={config[key]}; allowed: >= 1")
     return config
 
 
@@ -203,13 +263,13 @@ def load_medusa_heads(target, path: str, arg: str, device, dtype) -> MedusaHeads
     config = _read_config(where)
     H, V = _check_target(config, target, where)
     sd = _read_weights(where)
-    heads = MedusaHeads(H, V, config["num_heads"])
+    heads = MedusaHeads(H, V, config["num_heads"], config["num_layers"])
     want = {k: tuple(v.shape) for k, v in heads.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in sd.items()}
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()))[:2]
         raise _fail(f"Medusa heads {where}/{WEIGHTS} do not match its {CONFIG} (num_heads={config['num_heads']}, "
-                    f"hidden_size={H}): {diff}; allowed: the files written together by save_medusa_heads")
+                    f"num_layers={config['num_layers']}, hidden_size={H}): {diff}; allowed: the files written together by save_medusa_heads")
     if not all(torch.isfinite(v).all() for v in sd.values()):
         raise _fail(f"Medusa heads {where}/{WEIGHTS} hold non-finite values; allowed: finite weights")
     heads.load_state_dict(sd)

@@ -14,7 +14,14 @@ from safetensors.torch import load_file
 
 from specpolicy import generate, load_model
 from specpolicy.models.loading import ASSET_DIR, CheckpointError
-from specpolicy.models.medusa import MedusaHeads, load_medusa_heads, medusa_labels, save_medusa_heads
+from specpolicy.models.medusa import (
+    MedusaHeads,
+    greedy_rows,
+    load_medusa_heads,
+    medusa_labels,
+    save_medusa_heads,
+    text_rows,
+)
 from specpolicy.testing import hf_greedy, small_model
 
 pytestmark = pytest.mark.slow  # model loads and app subprocesses
@@ -44,6 +51,23 @@ def test_zero_initialised_heads_are_the_next_token_head_and_cost_k_h2_plus_h():
         assert torch.equal(heads.logits(h, depth, lm_head), lm_head(h))
 
 
+def test_heads_of_several_blocks_compose_residual_blocks_and_cost_k_l_h2_plus_h():
+    H = 32
+    heads = MedusaHeads(H, 64, num_heads=2, num_layers=3).to(torch.float64)
+    assert sum(p.numel() for p in heads.parameters()) == 2 * 3 * (H * H + H)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, 0.2)
+    h = torch.randn(4, H, dtype=torch.float64)
+    x = h
+    for lin in (heads.heads[1], *heads.blocks[1]):  # head index 1: block 1, then blocks 2 and 3
+        x = x + torch.nn.functional.silu(x @ lin.weight.T + lin.bias)
+    assert torch.allclose(heads.features(h, 1), x) and not torch.allclose(heads.features(h, 0), x)
+    with pytest.raises(ValueError, match="num_layers=0"):
+        MedusaHeads(H, 64, num_layers=0)
+
+
 def test_labels_of_head_k_at_index_i_are_the_token_k_plus_1_later():
     seqs = torch.arange(10)[None] + 100  # [1, 10]
     labels = medusa_labels(seqs, num_heads=3, start=4)  # [3, 1, 6]: indices 4..9
@@ -60,6 +84,57 @@ def test_save_load_round_trip(tmp_path):
     back = load_medusa_heads(model.target, "", str(tmp_path / "m"), "cpu", torch.float64)
     for a, b in zip(heads.state_dict().values(), back.state_dict().values()):
         assert b.dtype == torch.float64 and torch.equal(a.double(), b)
+
+
+def test_several_blocks_round_trip_and_one_block_heads_without_num_layers_still_load(tmp_path):
+    model = small_model(seed=0, k=1)
+    heads = MedusaHeads(32, 64, num_heads=2, num_layers=2)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, 0.1)
+    save_medusa_heads(heads, tmp_path / "deep", dtype=torch.float32)
+    assert json.loads((tmp_path / "deep/config.json").read_text())["num_layers"] == 2
+    back = load_medusa_heads(model.target, "", str(tmp_path / "deep"), "cpu", torch.float64)
+    assert back.num_layers == 2 and set(back.state_dict()) == set(heads.state_dict())
+    h = torch.randn(3, 32, dtype=torch.float64)
+    assert torch.allclose(back.features(h, 1), heads.double().features(h, 1))
+    save_medusa_heads(_random_heads(model), tmp_path / "old")  # a config as written before num_layers existed
+    cfg = json.loads((tmp_path / "old/config.json").read_text())
+    del cfg["num_layers"]
+    (tmp_path / "old/config.json").write_text(json.dumps(cfg))
+    assert load_medusa_heads(model.target, "", str(tmp_path / "old"), "cpu", torch.float64).num_layers == 1
+    (tmp_path / "old/config.json").write_text(json.dumps({**cfg, "num_layers": 2}))  # weights of one block
+    assert "num_layers=2" in _one_line_error(model.target, tmp_path / "old")
+
+
+def test_real_text_rows_are_labelled_with_the_greedy_continuation_where_the_text_is_greedy():
+    model = small_model(seed=0, k=1)
+    torch.manual_seed(0)
+    seqs, hidden = greedy_rows(model.target, torch.randint(2, 64, (2, 6)), 10)  # [2, 16]; hidden of indices 5..14
+    with torch.no_grad():
+        full = model.target.get_decoder()(input_ids=seqs).last_hidden_state
+    assert torch.allclose(hidden, full[:, 5:15], atol=1e-10)
+    assert torch.equal(seqs[:, 6:], model.target.get_output_embeddings()(full[:, 5:15]).argmax(-1))
+
+    def labelled(text):  # {(b, i): labels of heads 1..3} of the counted rows, with the row's hidden state
+        h, labels = text_rows(model.target, text, num_heads=3)
+        with torch.no_grad():
+            g = model.target.get_output_embeddings()(model.target.get_decoder()(input_ids=text).last_hidden_state)
+        keys = [(b, i) for b in range(2) for i in range(16) if i < 15 and text[b, i + 1] == g[b, i].argmax()]
+        assert h.shape[0] == len(keys) == labels.shape[1]
+        return {key: labels[:, n].tolist() for n, key in enumerate(keys)}
+
+    rows = labelled(seqs)
+    cont = medusa_labels(seqs, 3, 0)  # head k at i: seqs[i+k+1]
+    for b in range(2):
+        for i in range(5, 15):  # greedy indices: labelled with the continuation itself
+            want = cont[:, b, i].tolist()  # -100 past the sequence, where text_rows still has g_{i+k}
+            assert [r for r, w in zip(rows[(b, i)], want) if w != -100] == [w for w in want if w != -100]
+    broken = seqs.clone()
+    broken[0, 10] = (seqs[0, 10] + 1) % 64  # x_10 is no longer the greedy token at index 9
+    rows = labelled(broken)
+    assert (0, 9) not in rows and rows[(0, 8)][0] == seqs[0, 10].item() and rows[(0, 8)][1:] == [-100, -100]
+    assert rows[(0, 7)] == [seqs[0, 9].item(), seqs[0, 10].item(), -100]
 
 
 def _one_line_error(target, where: Path) -> str:
@@ -139,7 +214,7 @@ def test_train_heads_smoke_run_resumes_and_refuses_bad_settings(tmp_path, capsys
     assert torch.load(run / "ckpt.pt", weights_only=False)["step"] == 20
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
-    shutil.copyfile(run / "train_seqs.pt", ref_dir / "train_seqs.pt")  # the same data
+    shutil.copytree(run / "train_data", ref_dir / "train_data")  # the same data
     ref, _ = train(model, plan, ref_dir)
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), ref.state_dict().values()))
     changed = load_file(run / "medusa/heads.safetensors")  # 10 steps: not the 20-step weights
