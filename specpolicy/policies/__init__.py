@@ -7,12 +7,13 @@ Importing this package registers the built-ins (each through its ``@register_pol
     threshold     extend while q(d_m) >= tau_extend; trust the prefix >= tau_trust   lossless iff tau_trust = 1
     entropy       stop drafting when H(q_m) > max_entropy (AdaEDL-like)        lossless
     heuristic     transformers' assisted-decoding schedule: k += 2 / k -= 1     lossless
+    goodput       extend while one more draft raises expected tokens per unit time   lossless iff tau_trust = 1
     typical       fixed(k) + Medusa typical acceptance                         lossy (relaxed)
     topk_relaxed  fixed(k) + TensorRT-LLM top-k/delta relaxed acceptance       lossy (relaxed)
 
 Example:
     >>> from specpolicy.policies import get_policy, list_policies
-    >>> {"ar", "fixed", "threshold", "entropy", "heuristic", "typical", "topk_relaxed"} <= set(list_policies())
+    >>> {"ar", "fixed", "threshold", "entropy", "heuristic", "goodput", "typical", "topk_relaxed"} <= set(list_policies())
     True
     >>> get_policy("threshold", tau_trust=0.95).lossless
     False
@@ -29,6 +30,13 @@ from specpolicy.policies.base import (
 )
 from specpolicy.policies.entropy import EntropyPolicy
 from specpolicy.policies.fixed import ARPolicy, FixedPolicy
+from specpolicy.policies.goodput import (
+    NOMINAL_STEP_COST,
+    GoodputPolicy,
+    relative_step_cost,
+    step_cost_missing,
+    with_step_cost,
+)
 from specpolicy.policies.heuristic import HeuristicPolicy
 from specpolicy.policies.registry import (
     PolicyParamError,
@@ -50,7 +58,9 @@ __all__ = [
     "ActionKind",
     "EntropyPolicy",
     "FixedPolicy",
+    "GoodputPolicy",
     "HeuristicPolicy",
+    "NOMINAL_STEP_COST",
     "Policy",
     "PolicyParamError",
     "StepOutcome",
@@ -64,4 +74,7 @@ __all__ = [
     "list_policies",
     "policy_class",
     "register_policy",
+    "relative_step_cost",
+    "step_cost_missing",
+    "with_step_cost",
 ]

@@ -74,14 +74,25 @@ class AcceptanceStats:
 
     def updated(self, outcome: StepOutcome) -> AcceptanceStats:
         """Add one step: every walked draft counts as attempted at its depth, and as accepted iff its strict
-        verdict was accept (for trusted/relaxed drafts that is the shadow verdict). Decoder and replay share this."""
-        n = max(len(self.attempted), len(outcome.verdicts))
-        att = list(self.attempted) + [0] * (n - len(self.attempted))
-        acc = list(self.accepted) + [0] * (n - len(self.accepted))
-        for j, ok in enumerate(outcome.verdicts):
+        verdict was accept (for trusted/relaxed drafts that is the shadow verdict). Decoder and replay share this.
+
+        Example:
+            >>> AcceptanceStats((2,), (1,)).updated(StepOutcome(2, 1, (False, False), (True, False), 2))
+            AcceptanceStats(attempted=(3, 1), accepted=(2, 0))
+        """
+        verdicts = outcome.verdicts
+        n, have = len(verdicts), len(self.attempted)
+        att, acc = list(self.attempted), list(self.accepted)
+        if n > have:
+            att += [0] * (n - have)
+            acc += [0] * (n - have)
+        for j in range(n):
             att[j] += 1
-            acc[j] += int(ok)
-        return AcceptanceStats(tuple(att), tuple(acc))
+            if verdicts[j]:
+                acc[j] += 1
+        new = object.__new__(AcceptanceStats)  # the step's hot path: no __init__, fields set directly
+        new.__dict__.update(attempted=tuple(att), accepted=tuple(acc))
+        return new
 
 
 @dataclass(frozen=True)
@@ -117,13 +128,32 @@ class StepState:
             >>> StepState(budget=4).extended(17, 0.9, 0.3, 0.8).drafts
             (17,)
         """
-        new = object.__new__(StepState)
+        old = self.__dict__
+        new = _new(StepState)
         fields = new.__dict__
-        fields.update(self.__dict__)
-        fields["drafts"] = self.drafts + (draft,)
-        fields["confidence"] = self.confidence + (confidence,)
-        fields["entropy"] = self.entropy + (entropy,)
-        fields["margin"] = self.margin + (margin,)
+        fields.update(old)
+        fields["drafts"] = old["drafts"] + (draft,)
+        fields["confidence"] = old["confidence"] + (confidence,)
+        fields["entropy"] = old["entropy"] + (entropy,)
+        fields["margin"] = old["margin"] + (margin,)
+        return new
+
+    @staticmethod
+    def at_step(step: int, position: int, budget: int, stats: AcceptanceStats, last_accepted: int,
+                native_depths: int) -> StepState:
+        """The state at the start of a step (no drafts yet), equal to ``StepState(step=..., ...)`` but built
+        without ``__init__`` (the replay's hot path).
+
+        Example:
+            >>> StepState.at_step(3, 5, 2, AcceptanceStats(), 1, 2) == StepState(step=3, position=5, budget=2,
+            ...                                                                   last_accepted=1, native_depths=2)
+            True
+        """
+        new = _new(StepState)
+        fields = new.__dict__
+        fields.update(_BLANK_STATE)
+        fields["step"], fields["position"], fields["budget"] = step, position, budget
+        fields["stats"], fields["last_accepted"], fields["native_depths"] = stats, last_accepted, native_depths
         return new
 
     @property
@@ -133,6 +163,8 @@ class StepState:
         return self.native_depths
 
 
+_new = object.__new__
+_BLANK_STATE = dict(StepState().__dict__)  # every field at its default, in field order
 _state_init = StepState.__init__
 _OLD_SLOT = 7  # num_mtp_layers sat after budget; stats and last_accepted followed it
 
@@ -163,6 +195,20 @@ class StepOutcome:
     committed: int  # tokens committed this step: accepted + the target's token (0 if the budget ran out)
     draft_s: float = 0.0
     verify_s: float = 0.0
+
+    @staticmethod
+    def of(drafted: int, accepted: int, trusted: tuple[bool, ...], verdicts: tuple[bool, ...], committed: int,
+           draft_s: float, verify_s: float) -> StepOutcome:
+        """Equal to ``StepOutcome(...)`` with every field given, built without ``__init__`` (the replay's hot path).
+
+        Example:
+            >>> StepOutcome.of(1, 1, (False,), (True,), 2, 0.0, 0.0) == StepOutcome(1, 1, (False,), (True,), 2)
+            True
+        """
+        new = _new(StepOutcome)
+        new.__dict__.update(drafted=drafted, accepted=accepted, trusted=trusted, verdicts=verdicts,
+                            committed=committed, draft_s=draft_s, verify_s=verify_s)
+        return new
 
 
 @dataclass(frozen=True)

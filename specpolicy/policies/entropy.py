@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specpolicy.policies.base import Action, Policy, StepState
+from specpolicy.policies.base import _EXTEND, _VERIFY, Action, Policy, StepState
 from specpolicy.policies.registry import MAX_DEPTH, check_param, register_policy
 
 __all__ = ["EntropyPolicy"]
@@ -38,10 +38,10 @@ class EntropyPolicy(Policy):
         self.k_max = check_param(self.name, "k_max", k_max, 1, MAX_DEPTH, integer=True)
 
     def decide(self, state: StepState) -> Action:
-        m = state.depth
-        if m >= min(self.k_max, state.budget) or (m > 0 and state.entropy[m - 1] > self.max_entropy):
-            return Action.verify()
-        return Action.extend()
+        m = len(state.drafts)
+        if m >= self.k_max or m >= state.budget or (m > 0 and state.entropy[m - 1] > self.max_entropy):
+            return _VERIFY
+        return _EXTEND
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specpolicy.policies.base import Action, Policy, StepState
+from specpolicy.policies.base import _EXTEND, _VERIFY, Action, Policy, StepState
 from specpolicy.policies.registry import MAX_DEPTH, check_param, register_policy
 
 __all__ = ["ARPolicy", "FixedPolicy"]
@@ -28,7 +28,7 @@ class ARPolicy(Policy):
     name = "ar"
 
     def decide(self, state: StepState) -> Action:
-        return Action.verify()
+        return _VERIFY
 
 
 @register_policy
@@ -47,7 +47,8 @@ class FixedPolicy(Policy):
         self.k = check_param(self.name, "k", k, 1, MAX_DEPTH, integer=True)
 
     def decide(self, state: StepState) -> Action:
-        return Action.extend() if state.depth < min(self.k, state.budget) else Action.verify()
+        m = len(state.drafts)
+        return _EXTEND if m < self.k and m < state.budget else _VERIFY
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

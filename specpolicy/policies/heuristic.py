@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specpolicy.policies.base import Action, Policy, StepOutcome, StepState
+from specpolicy.policies.base import _EXTEND, _VERIFY, Action, Policy, StepOutcome, StepState
 from specpolicy.policies.registry import MAX_DEPTH, PolicyParamError, check_param, register_policy
 
 __all__ = ["HeuristicPolicy"]
@@ -62,7 +62,8 @@ class HeuristicPolicy(Policy):
             self._k = max(self.k_min, self._k - 1)
 
     def decide(self, state: StepState) -> Action:
-        return Action.extend() if state.depth < min(self._k, state.budget) else Action.verify()
+        m = len(state.drafts)
+        return _EXTEND if m < self._k and m < state.budget else _VERIFY
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specpolicy.policies.base import Action, Policy, StepState
+from specpolicy.policies.base import _EXTEND, _VERIFY, Action, Policy, StepState
 from specpolicy.policies.registry import MAX_DEPTH, check_param, register_policy
 
 __all__ = ["ThresholdPolicy"]
@@ -49,11 +49,11 @@ class ThresholdPolicy(Policy):
         return self.tau_trust >= 1 and self.acceptance is None
 
     def decide(self, state: StepState) -> Action:
-        m = state.depth
+        m = len(state.drafts)
         if m < state.budget and (m == 0 or (m < self.k_max and state.confidence[m - 1] >= self.tau_extend)):
-            return Action.extend()
+            return _EXTEND
         if m == 0 or self.tau_trust >= 1:
-            return Action.verify()
+            return _VERIFY
         t = 0  # length of the prefix d_1..d_t whose confidences are all >= tau_trust
         while t < m and state.confidence[t] >= self.tau_trust:
             t += 1

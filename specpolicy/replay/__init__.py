@@ -28,11 +28,19 @@ from .compare import (
     summarise_generations,
 )
 from .record import ChainProbe, record_trace
-from .simulate import PromptReplay, ReplayError, ReplayResult, replay, replay_speed, summarise_prompts
+from .simulate import (
+    CONFIDENCE_TOLERANCE,
+    PromptReplay,
+    ReplayError,
+    ReplayResult,
+    replay,
+    replay_speed,
+    summarise_prompts,
+)
 from .trace import TRACE_VERSION, CostModel, Trace, TraceError, load_trace, synthetic_trace
 
 __all__ = [
-    "EXACT_FIELDS", "TRACE_VERSION", "ChainProbe", "CostModel", "PromptReplay", "ReplayError", "ReplayResult",
+    "CONFIDENCE_TOLERANCE", "EXACT_FIELDS", "TRACE_VERSION", "ChainProbe", "CostModel", "PromptReplay", "ReplayError", "ReplayResult",
     "Trace", "TraceError", "compare_row", "decode_real", "load_trace", "markdown", "prompt_from_generation",
     "record_trace", "replay", "replay_speed", "side_by_side", "summarise_generations", "summarise_prompts",
     "synthetic_trace",

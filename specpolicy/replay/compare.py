@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .simulate import PromptReplay, replay, summarise_prompts
+from specpolicy.policies import with_step_cost
+
+from .simulate import HALF, PromptReplay, replay, summarise_prompts
 from .trace import CostModel, Trace
 
 __all__ = ["EXACT_FIELDS", "PER_PROMPT", "compare_row", "decode_real", "markdown", "prompt_from_generation",
@@ -91,10 +93,12 @@ def _trim(hist):
 
 def decode_real(model, trace: Trace, policies: dict, progress: bool = True) -> tuple[dict, list]:
     """Decode every trace prompt with every policy (``max_new_tokens`` N, ``max_draft`` K of the trace) and with
-    ``ar``, interleaved by the shared harness. Returns ({label: [GenerationResult per prompt]}, [ar result per
+    ``ar``, interleaved by the shared harness; a ``step_cost`` left None is filled from the trace's cost model, as
+    ``replay`` fills it. Returns ({label: [GenerationResult per prompt]}, [ar result per
     prompt]); ``ar``'s wall clock is the reference of the wall-clock speedup."""
     from specpolicy.decoding.harness import interleaved, policy_runner
 
+    policies = {label: with_step_cost(p, trace.cost) for label, p in policies.items()}  # as replay() fills them
     labels = {label: label for label in policies}
     ar_label = next(f"ar#{i}" for i in range(len(policies) + 1) if f"ar#{i}" not in labels)
     runners = {label: policy_runner(model, (lambda p=p: p), max_draft=trace.k_max) for label, p in policies.items()}
@@ -120,8 +124,10 @@ def compare_row(label: str, policy, trace: Trace, results: list, ar: list) -> di
     s = rep.summary
     return {
         "policy": label, "lossless": policy.lossless, "prompts": len(results), "prompts_equal": same,
-        # equal prompts of a half-precision trace are not called exact: near-ties can break them on other prompts
-        "exact": same == len(results) and trace.dtype not in ("bfloat16", "float16"), "approximate": s["approximate"],
+        # equal prompts of a half-precision trace (or one whose chain disagreed with the decoder while recording) are
+        # not called exact: near-ties can break them on other prompts
+        "exact": same == len(results) and trace.dtype not in HALF and not s["chain_mismatch"],
+        "approximate": s["approximate"], "chain_mismatch": s["chain_mismatch"],
         "replay_tpf": s["tpf"], "real_tpf": real["tpf"],
         "replay_error": s["lossy_error_rate"], "real_error": real["lossy_error_rate"],
         "replay_lossy_rate": s["lossy_token_rate"], "real_lossy_rate": real["lossy_token_rate"],

@@ -15,8 +15,16 @@ the schedule, so steps, TPF, the accepted-length histogram and acceptance by dep
 ``max_draft = trace.k_max``: a policy is stopped at the trace's depth as ``max_draft`` stops it in the decoder;
 ``depth_capped_steps`` counts the steps that drafted that full depth with token budget to spare).
 
-Never exact for a trace recorded in half precision (flagged ``approximate`` with a note: block and one-token forwards
-round differently, so the recorded chain can disagree with the decoder at near-ties). Approximate, and flagged
+Exact, that is, up to rounding (``CONFIDENCE_TOLERANCE``). The trace's q(d_j) comes from the drafter run along the
+recorded greedy path one position at a time, the decoder's from the same drafter inside speculative steps: the same
+maths on caches filled in other block shapes, so in float32 the two differ in the last bits (up to ~1e-6 measured on
+the shipped model, ``tests/replay/test_float32_exactness.py``; 0 in float64). A decision can therefore differ only
+where a policy compares a confidence with a threshold within that distance of it; the test shows none does on its
+prompts for any built-in policy. Flagged ``approximate`` with a note, never exact: a trace recorded in half
+precision (bf16/fp16 round the block and one-token forwards differently, so the recorded chain can disagree with the
+decoder at near-ties), and a trace whose recorder saw its chain forward disagree with the one-token decode
+(``chain_first_token_mismatch`` > 0: the chain's verdicts differ from the decoder's at those positions; the summary's
+``chain_mismatch``). Approximate, and flagged
 ``approximate: True`` with a note, once a trusted or relaxed token the target rejects is
 committed (an error): the rest of that step is still exact (the trace holds the target's tokens and p along every
 drafted chain), but the replay then continues along the recorded target-greedy sequence, whereas the real run
@@ -41,12 +49,14 @@ from dataclasses import dataclass
 from specpolicy.decoding.acceptance import PFeatures, relaxed_rule
 from specpolicy.decoding.step import RELAXED, TRUSTED, draft_phase, trust_mask, walk
 from specpolicy.errors import UserError
-from specpolicy.policies import Policy, StepOutcome, StepState, get_policy
+from specpolicy.policies import ActionKind, Policy, StepOutcome, StepState, get_policy, with_step_cost
 from specpolicy.policies.base import AcceptanceStats
 
 from .trace import Trace
 
-__all__ = ["PromptReplay", "ReplayError", "ReplayResult", "replay", "replay_speed", "summarise_prompts"]
+_TRUST = ActionKind.TRUST
+
+__all__ = ["CONFIDENCE_TOLERANCE", "PromptReplay", "ReplayError", "ReplayResult", "replay", "replay_speed", "summarise_prompts"]
 
 NOTE_TRUST = ("errors (committed trusted/relaxed tokens the target rejects) are exact within their step, but the replay "
               "then continues along the recorded target-greedy sequence; a real run continues after the wrong token")
@@ -54,8 +64,16 @@ NOTE_RELAXED = ("relaxed acceptance reads p from the recording's chain forward; 
                 "boundary may differ from the decoder's block forward")
 NOTE_HALF = ("the trace was recorded in half precision: block and one-token forwards round differently there, so "
              "the recorded chain may disagree with the decoder's at numerical near-ties; replay is not exact")
+NOTE_MISMATCH = ("the recorder's chain forward disagreed with the one-token decode at {n} positions "
+                 "(chain_first_token_mismatch): verdicts there may differ from the decoder's; replay is not exact")
 NOTE_CAPPED = ("some steps drafted the trace's full probe depth K with token budget to spare; replayed (exactly) as "
                "max_draft = K: a deeper trace would let the policy draft further")
+
+
+HALF = ("bfloat16", "float16")
+# |q(d_j) in the trace - q(d_j) in the decoder| that replay is exact within, per recording dtype (None: not exact,
+# flagged approximate); float32: 10x the largest difference measured on the shipped model (1.3e-6)
+CONFIDENCE_TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "bfloat16": None, "float16": None}
 
 
 class ReplayError(UserError):
@@ -101,76 +119,85 @@ class ReplayResult:
     summary: dict
 
 
-class _TraceJudge:
-    """The verdicts of one block from the trace (prompt i, row n): the target's token at chain position j is the
-    recorded ``tokens[n + 1 + j]`` while the block is ``clean`` (every committed draft right), and
-    ``target_chain[n, j]`` once a wrong draft was committed (trusted/relaxed): that one target forward over the whole
-    chain is what the decoder's verify forward computes for the block."""
+_OK, _NO = (True, 1.0), (False, 0.0)  # greedy verdicts: (accepted, acceptance probability)
 
-    __slots__ = ("drafts", "toks", "n", "chain", "features", "rule")
 
-    def __init__(self, drafts, toks, n: int, chain, features, rule):
-        self.drafts, self.toks, self.n, self.chain, self.features, self.rule = drafts, toks, n, chain, features, rule
+class _TraceRow:
+    """One prompt of the trace, at one row n at a time (``at(n)``): ``next_draft`` reads the drafted chain, and the
+    judge's verdicts come from it. The target's token at chain position j is the recorded ``tokens[n + 1 + j]``
+    while the block is ``clean`` (every committed draft right), and ``target_chain[n, j]`` once a wrong draft was
+    committed (trusted/relaxed): that one target forward over the whole chain is what the decoder's verify forward
+    computes for the block."""
+
+    __slots__ = ("toks", "D", "Q", "E", "M", "chains", "features", "rule", "n", "drafts", "q", "h", "mg", "chain")
+
+    def __init__(self, rows: dict, i: int, rule):
+        self.toks, self.D, self.Q, self.E, self.M = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin"))
+        self.chains, self.features = rows["target_chain"][i], [rows[k][i] for k in PFeatures._fields]
+        self.rule = rule
+
+    def at(self, n: int) -> None:
+        self.n, self.drafts, self.q, self.h, self.mg = n, self.D[n], self.Q[n], self.E[n], self.M[n]
+        self.chain = self.chains[n]
+
+    def next_draft(self, j: int):
+        """Depth j -> (d_j, q(d_j), H, margin) at row n, or None where no draft was recorded."""
+        i = j - 1
+        d = self.drafts[i]
+        return (d, self.q[i], self.h[i], self.mg[i]) if d >= 0 else None
 
     def strict(self, j: int, clean: bool) -> tuple[bool, float]:
-        ok = self.drafts[j] == (self.toks[self.n + 1 + j] if clean else self.chain[j])
-        return ok, float(ok)
+        return _OK if self.drafts[j] == (self.toks[self.n + 1 + j] if clean else self.chain[j]) else _NO
 
     def relaxed(self, j: int) -> bool:
-        return self.rule.accept_features(PFeatures(*(f[j] for f in self.features)))
+        n = self.n
+        return self.rule.accept_features(PFeatures(*(f[n][j] for f in self.features)))
 
     def target(self, j: int, clean: bool, rejected: bool) -> int:
         return self.toks[self.n + 1 + j] if clean else self.chain[j]
 
 
-def _chain(drow, qrow, erow, mrow):
-    """``next_draft`` over one trace row: depth j -> (d_j, q(d_j), H, margin), or None where no draft was recorded."""
-    def next_draft(j: int):
-        return (drow[j - 1], qrow[j - 1], erow[j - 1], mrow[j - 1]) if drow[j - 1] >= 0 else None
-
-    return next_draft
-
-
 def _replay_prompt(policy: Policy, rows: dict, i: int, max_new: int, max_draft: int, k_trace: int,
                    native_depths: int, eos: frozenset, step_cost: list[float]) -> PromptReplay:
-    toks, D, Q, E, M = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin"))
-    chain, pf = rows["target_chain"][i], [rows[k][i] for k in PFeatures._fields]
     rule = relaxed_rule(policy.acceptance)
+    row = _TraceRow(rows, i, rule)
+    next_draft, relaxed, observe, start_state = row.next_draft, rule is not None, policy.observe, StepState.at_step
     policy.reset()
     stats, last_accepted = AcceptanceStats(), -1
     new, steps, drafted, acc_total, trusted_n, relaxed_n, rejects, capped = 1, 0, 0, 0, 0, 0, 0, 0
     hist = [0] * (max_draft + 1)
     time_s, t_mtp = 0.0, step_cost[-1]
-    finished = toks[0] in eos
+    finished = row.toks[0] in eos
     while new < max_new and not finished:
-        n = new - 1
-        drow = D[n]
-        state = StepState(step=steps, position=new, budget=min(max_new - new - 1, max_draft), stats=stats,
-                          last_accepted=last_accepted, native_depths=native_depths)
-        state, action = draft_phase(policy, state, _chain(drow, Q[n], E[n], M[n]))
-        m, mask = state.depth, trust_mask(action, state.depth)
-        if m == max_draft == k_trace and max_new - new - 1 > m:
+        row.at(new - 1)
+        left = max_new - new - 1
+        state = start_state(steps, new, left if left < max_draft else max_draft, stats, last_accepted,
+                             native_depths)
+        state, action = draft_phase(policy, state, next_draft)
+        m = len(state.drafts)
+        mask = trust_mask(action, m)
+        if m == max_draft == k_trace and left > m:
             capped += 1  # drafted the trace's full depth with token budget to spare: a deeper trace might go on
-        judge = _TraceJudge(drow, toks, n, chain[n], [f[n] for f in pf], rule)
-        block = walk(state.drafts, mask, judge, rule is not None, eos)
+        block = walk(state.drafts, mask, row, relaxed, eos)
         finished = block.eos
         accepted = block.accepted
-        for c in range(accepted):
-            kind = block.provenance[c]
-            if kind == TRUSTED or kind == RELAXED:
-                trusted_n += kind == TRUSTED
-                relaxed_n += kind == RELAXED
-                rejects += not block.verdicts[c]
+        if accepted and (relaxed or action.kind is _TRUST):  # lossy tokens can only come from these
+            for c in range(accepted):
+                kind = block.provenance[c]
+                if kind == TRUSTED or kind == RELAXED:
+                    trusted_n += kind == TRUSTED
+                    relaxed_n += kind == RELAXED
+                    rejects += not block.verdicts[c]
         steps += 1
         drafted += m
         acc_total += accepted
         hist[accepted] += 1
         cost = step_cost[m]
         time_s += cost
-        new += len(block.committed)
-        outcome = StepOutcome(drafted=m, accepted=accepted, trusted=mask, verdicts=block.verdicts,
-                              committed=len(block.committed), draft_s=m * t_mtp, verify_s=cost - m * t_mtp)
-        policy.observe(outcome)
+        committed = len(block.committed)
+        new += committed
+        outcome = StepOutcome.of(m, accepted, mask, block.verdicts, committed, m * t_mtp, cost - m * t_mtp)
+        observe(outcome)
         stats, last_accepted = stats.updated(outcome), accepted
     return PromptReplay(
         new_tokens=new, steps=steps, drafted=drafted, accepted=acc_total, trusted_tokens=trusted_n,
@@ -187,7 +214,9 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     ``max_new_tokens`` defaults to the trace's N (it may be smaller, not larger); ``max_draft`` to the trace's probe
     depth K (the decoder's ``max_draft``; larger than K is refused: record a deeper trace). ``drafter``: the drafter
     the caller means (a trace of another drafter is refused); a policy fitted to one drafter (``requires_drafter``)
-    is refused on a trace of another.
+    is refused on a trace of another. A policy with a ``step_cost`` parameter left None (``goodput``) gets the
+    trace's cost model (``policies.with_step_cost``; ``summary["params"]`` shows the numbers used): to compare with
+    a real run, decode with ``with_step_cost(policy, trace.cost)`` too, as ``decode_real`` does.
 
     Example:
         >>> res = replay("fixed", trace, k=3)
@@ -195,6 +224,7 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
         (2.6, (12, 9, 8, 14))
     """
     policy = get_policy(policy, **policy_params) if isinstance(policy, str) else policy
+    policy = with_step_cost(policy, trace.cost)  # a cost-aware policy left without a cost model: the trace's
     if drafter is not None and drafter != trace.drafter:
         raise ReplayError(f"the trace was recorded with drafter {trace.drafter}, not {drafter}; allowed: "
                           f"drafter={trace.drafter} or a trace recorded with {drafter}")
@@ -217,9 +247,14 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
     summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft,
                    dtype=trace.dtype)
-    if trace.dtype in ("bfloat16", "float16"):
+    mismatch = int(trace.meta.get("chain_first_token_mismatch") or 0)
+    summary.update(chain_mismatch=mismatch, confidence_tolerance=CONFIDENCE_TOLERANCE.get(trace.dtype))
+    if trace.dtype in HALF:
         summary["approximate"] = True
         summary["notes"].append(NOTE_HALF)
+    if mismatch:
+        summary["approximate"] = True
+        summary["notes"].append(NOTE_MISMATCH.format(n=mismatch))
     return ReplayResult(prompts, summary)
 
 
@@ -280,7 +315,8 @@ def summarise_prompts(prompts, lossless: bool = True, relaxed: bool = False) -> 
 
 def replay_speed(trace: Trace, names=None, reps: int = 3) -> dict:
     """Seconds to replay each policy (registered names, defaults; all by default) over the whole trace in this
-    process: the median of ``reps`` runs, and microseconds per policy step. A benchmark, not a test."""
+    process: the median of ``reps`` runs, microseconds per policy step and policy steps per second. A benchmark, not a
+    test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``)."""
     import statistics
     import time
 
@@ -298,5 +334,6 @@ def replay_speed(trace: Trace, names=None, reps: int = 3) -> dict:
             times.append(time.perf_counter() - t)
         med = statistics.median(times)
         out["policies"][name] = {"median_s": med, "steps": res.summary["steps"], "tpf": res.summary["tpf"],
-                                 "us_per_step": 1e6 * med / max(res.summary["steps"], 1)}
+                                 "us_per_step": 1e6 * med / max(res.summary["steps"], 1),
+                                 "steps_per_s": res.summary["steps"] / med if med > 0 else float("inf")}
     return out

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -164,8 +165,8 @@ class Trace:
         offsets = np.cumsum([0] + [len(p) for p in self.prompt_ids]).astype(np.int64)
         arrays = {k: np.ascontiguousarray(getattr(self, k)) for k in _ARRAYS}
         arrays.update(prompt_tokens=flat, prompt_offsets=offsets)
-        header = {"version": TRACE_VERSION, "cost": {"t_target": list(self.cost.t_target), "t_mtp": self.cost.t_mtp},
-                  "meta": self.meta}
+        cost = {f.name: getattr(self.cost, f.name) for f in dataclasses.fields(self.cost)}  # t_target, t_mtp, ...
+        header = {"version": TRACE_VERSION, "cost": {**cost, "t_target": list(self.cost.t_target)}, "meta": self.meta}
         tmp = path.with_name(path.name + ".tmp")
         save_file(arrays, str(tmp), metadata={"specpolicy_trace": json.dumps(header)})
         tmp.chmod(0o644)  # safetensors creates 0600 files; a trace is shared like any result
@@ -200,7 +201,9 @@ def load_trace(path: str | Path) -> Trace:
                          f"version {TRACE_VERSION} with {', '.join(_ARRAYS)} (record it again)")
     off, flat = arrays.pop("prompt_offsets"), arrays.pop("prompt_tokens")
     prompts = tuple(tuple(int(t) for t in flat[off[i] : off[i + 1]]) for i in range(len(off) - 1))
-    cost = CostModel(tuple(float(t) for t in header["cost"]["t_target"]), float(header["cost"]["t_mtp"]))
+    known = {f.name for f in dataclasses.fields(CostModel)}  # traces before the overhead terms have only the first two
+    terms = {k: float(v) for k, v in header["cost"].items() if k in known and k != "t_target"}
+    cost = CostModel(tuple(float(t) for t in header["cost"]["t_target"]), **terms)
     return Trace(prompts, cost=cost, meta=header.get("meta", {}), **{k: arrays[k] for k in _ARRAYS})
 
 

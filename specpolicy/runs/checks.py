@@ -24,14 +24,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from specpolicy.errors import UserError
-from specpolicy.policies import PolicyParamError, UnknownPolicyError
+from specpolicy.policies import PolicyParamError, UnknownPolicyError, get_policy
 
-from .arms import Arm, plan_arms
+from .arms import Arm, needs_step_cost, plan_arms, with_step_costs
 from .prompt_file import PromptFileError, read_prompt_file
 from .records import RecordStore
 
-__all__ = ["RunPlan", "UserError", "check_data", "check_model", "check_resume", "drafter_spec", "load", "prompts_for",
-           "remove_if_empty", "validate"]
+__all__ = ["RunPlan", "UserError", "check_data", "check_model", "check_resume", "drafter_spec", "fill_step_cost", "load",
+           "prompts_for", "remove_if_empty", "validate"]
 
 DATA_SOURCES = ("stdlib_test", "package", "file")
 SPLITS = ("test", "valid")  # held-out splits only: prompts from train would flatter the drafter
@@ -234,17 +234,63 @@ def prompts_for(data, tokenizer) -> tuple[list, dict]:
 
 def check_resume(store: RecordStore, plan: RunPlan, run_dir: Path, version: str) -> None:
     """Records already in ``run_dir`` must come from this package version, the same model/data/decode settings and
-    the same policy parameters; else one line (resume with the same settings, or choose a new directory)."""
+    the same policy parameters (compared as JSON; a ``step_cost`` the plan leaves None matches the recorded one,
+    which ``fill_step_cost`` then reuses); else one line (resume with the same settings, or a new directory)."""
     params = {a.label: a.params for a in plan.arms}
     for r in store.records:
         if r.get("specpolicy_version") != version:
             raise UserError(f"{run_dir} holds records of specpolicy {r.get('specpolicy_version', 'before 0.2')}, not "
                             f"{version}; allowed: a new hydra.run.dir (results of two versions are not mixed)")
-        if r.get("run_key") != plan.run_key or (r["policy"] in params and r["params"] != params[r["policy"]]):
+        if r.get("run_key") != plan.run_key or (r["policy"] in params
+                                                 and not _same_params(r["params"], params[r["policy"]])):
             raise UserError(
                 f"{run_dir} holds records of another configuration ({r['policy']} on {r['prompt_id']}); "
                 "allowed: the same settings to resume, or a new hydra.run.dir"
             )
+
+
+def _with_recorded_cost(planned: Mapping, recorded: Mapping) -> dict:
+    """``planned`` with each ``step_cost`` it leaves None (also inside ``base_params``) taken from ``recorded``."""
+    out = dict(planned)
+    if "step_cost" in out and out["step_cost"] is None and "step_cost" in recorded:
+        out["step_cost"] = recorded["step_cost"]
+    if isinstance(out.get("base_params"), Mapping) and isinstance(recorded.get("base_params"), Mapping):
+        out["base_params"] = _with_recorded_cost(out["base_params"], recorded["base_params"])
+    return out
+
+
+def _same_params(recorded: Mapping, planned: Mapping) -> bool:
+    """Equal as JSON (tuples are lists there), where a ``step_cost`` the plan leaves None matches any recorded one."""
+    as_json = json.loads(json.dumps(_with_recorded_cost(planned, recorded)))
+    return as_json == json.loads(json.dumps(dict(recorded)))
+
+
+def fill_step_cost(plan: RunPlan, cost, store: RecordStore | None = None) -> RunPlan:
+    """The plan with every arm's ``step_cost`` left None filled: from the arm's records in ``store`` when the run
+    resumes (the same numbers as before), else from ``cost`` -- a ``decoding.cost.CostModel`` (anything with
+    ``step_s(m)``) or a zero-argument callable returning one, called only if some arm needs it (measuring costs).
+
+    Example:
+        >>> plan = fill_step_cost(validate(cfg), lambda: measure_cost(model, prompts[0].ids, k=8, reps=10), store)
+        >>> plan.arms[-1].params["step_cost"][:2]                                      # doctest: +SKIP
+        (1.0, 1.31)
+    """
+    from dataclasses import replace
+
+    if not needs_step_cost(plan.arms):
+        return plan
+    recorded = {r["policy"]: r["params"] for r in (store.records if store is not None else ())}
+    arms, measured = [], None
+    for a in plan.arms:
+        if not needs_step_cost([a]):
+            arms.append(a)
+        elif a.label in recorded:
+            params = _with_recorded_cost(a.params, recorded[a.label])
+            arms.append(replace(a, params=get_policy(a.name, **params).params()))
+        else:
+            measured = measured if measured is not None else (cost() if callable(cost) else cost)
+            arms.extend(with_step_costs([a], measured))
+    return replace(plan, arms=tuple(arms))
 
 
 def remove_if_empty(run_dir: Path, log_name: str = "run.log") -> bool:

@@ -24,7 +24,7 @@ from specpolicy.policies import (
 )
 from specpolicy.policies import registry as registry_module
 
-BUILTINS = ["ar", "entropy", "fixed", "heuristic", "threshold", "topk_relaxed", "typical"]
+BUILTINS = ["ar", "entropy", "fixed", "goodput", "heuristic", "threshold", "topk_relaxed", "typical"]
 
 
 class _Unregistered(Policy):
@@ -167,7 +167,8 @@ def test_missing_required_parameter_of_a_user_policy(scratch_registry):
     assert get_policy("needs_alpha", alpha=2).alpha == 2
 
 
-@pytest.mark.parametrize("module", ["__init__", "registry", "fixed", "threshold", "entropy", "heuristic", "relaxed"])
+@pytest.mark.parametrize("module", ["__init__", "registry", "fixed", "threshold", "entropy", "heuristic", "relaxed",
+                                    "goodput"])
 def test_docstring_examples_run(module):
     name = "specpolicy.policies" + ("" if module == "__init__" else f".{module}")
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)

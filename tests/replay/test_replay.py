@@ -220,10 +220,13 @@ def test_capped_depth_is_reported(trace):
 
 
 def test_modelled_time(trace):
-    s = replay("fixed", trace, k=2).summary
-    steps = sum(p.steps for p in replay("fixed", trace, k=2).prompts)
-    assert s["ar_modelled_s"] == pytest.approx((s["new_tokens"] - s["n_prompts"]) * trace.cost.t_target[0])
-    assert s["modelled_s"] <= steps * trace.cost.step_s(2) + 1e-12
+    spy = Spy(get_policy("fixed", k=2))
+    s = replay(spy, trace).summary
+    drafted = [e.drafted for e in spy.log if isinstance(e, StepOutcome)]
+    assert s["ar_modelled_s"] == pytest.approx((s["new_tokens"] - s["n_prompts"]) * trace.cost.step_s(0))
+    # every step costs step_s(its drafts) (a measured cost need not grow with m on a loaded machine: no bound on it)
+    assert len(drafted) == s["steps"] and set(drafted) <= {0, 1, 2}
+    assert s["modelled_s"] == pytest.approx(sum(trace.cost.step_s(m) for m in drafted))
     assert s["modelled_speedup"] == pytest.approx(s["ar_modelled_s"] / s["modelled_s"])
     ar = replay("ar", trace).summary
     assert ar["modelled_speedup"] == pytest.approx(1.0) and ar["tpf"] == pytest.approx(N / N)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,10 @@ def test_a_half_precision_trace_is_never_called_exact():
                     tr.p_rank, tr.p_top1, tr.p_entropy, tr.cost, {**tr.meta, "dtype": "bfloat16"})
     s = replay("fixed", half).summary
     assert s["approximate"] is True and NOTE_HALF in s["notes"] and s["dtype"] == "bfloat16"
+
+
+def test_the_cost_models_overhead_terms_survive_save_and_load(tmp_path):
+    cost = CostModel(t_target=(0.01, 0.011), t_mtp=0.002, t_overhead=0.0007, t_overhead_draft=0.0001)
+    trace = dataclasses.replace(synthetic_trace(n_prompts=1, max_new_tokens=8, k_max=2), cost=cost)
+    back = load_trace(trace.save(tmp_path / "t.safetensors"))
+    assert back.cost == cost and back.cost.step_s(2) == cost.step_s(2) > cost.compute_s(2)

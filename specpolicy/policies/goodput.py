@@ -1,0 +1,235 @@
+"""``goodput``: cost-aware drafting -- draft one more token only while that raises committed tokens per unit time.
+
+With m drafts d_1..d_m, a per-depth acceptance estimate a_j (below) and the relative step cost T(m) =
+t_step(m) / t_step(0) (``step_cost``), the expected tokens the step commits and its goodput are
+
+    P_i = a_1 * ... * a_i              (d_1..d_i all accepted; a trusted draft has a_j = 1)
+    E(m) = 1 + P_1 + ... + P_m         (accepted drafts + the target's token)
+    G(m) = E(m) / T(m)
+
+and the policy extends while a deeper block has a higher expected goodput than stopping now:
+
+    extend at depth m  iff  m < min(k_max, budget)  and  G(m + h) > G(m) for some h = 1..lookahead
+
+(``lookahead = 1``: one more draft, E(m+1) = E(m) + P_m * a_{m+1}; the default 4 also sees past a step in the cost,
+e.g. a first draft that costs more than the next ones.) Otherwise it VERIFYs (lossless), or, with
+``tau_trust < 1``, TRUSTs the longest prefix whose confidences are all >= tau_trust, exactly as ``threshold`` does.
+This is the optimal-stopping rule of SpecDec++ (Huang et al., 2024, "SpecDec++: Boosting Speculative Decoding via
+Adaptive Candidate Lengths", arXiv:2405.19715): stop once the probability that every candidate so far is accepted,
+P_m, is too small for one more candidate to pay -- here the bar is set by the measured cost of a longer block
+(P_m * a_{m+1} > E(m) * (T(m+1) / T(m) - 1)) instead of a tuned threshold, and decided per step.
+
+Acceptance estimate at depth j (conditional on d_1..d_{j-1} accepted), from two sources mixed by ``weight``:
+
+    r_j = (accepted_j + prior_accept * prior_n) / (attempted_j + prior_n)     a Beta(prior_accept * prior_n,
+          (1 - prior_accept) * prior_n) prior per depth, updated by this generation's counts (``StepState.stats``,
+          which the step core updates after every ``observe``, identically in the decoder and the replay);
+    a_j = weight * c_j ** gamma + (1 - weight) * r_j         for a drafted d_j with confidence c_j;
+    a_{m+h} = weight * c_m ** gamma + (1 - weight) * r_{m+h}  for depths not drafted yet (the last confidence
+          stands in for the next ones; at m = 0 there is none and a_h = r_h).
+
+``gamma`` maps the raw q(d_j) towards P(accept) (1 for calibrated confidences, ``policy=calibrated base=goodput``).
+
+The cost model is plain numbers (policies import nothing of ours): ``step_cost[m]`` = t_step(m) / t_step(0) for
+m = 0..K, linearly extrapolated past its end (slope of its last two entries, at least 0). ``step_cost=None`` means
+"the cost model of where it runs": ``replay`` fills it from the trace's cost model, ``experiments.run`` from the
+measured one (``with_step_cost``); a bare ``generate`` uses ``NOMINAL_STEP_COST``. Nothing is timed inside
+``decide``: the same numbers in a real run and in its replay give the same decisions.
+
+Example:
+    >>> from specpolicy.policies import StepState
+    >>> p = GoodputPolicy(step_cost=(1.0, 1.2, 1.4), weight=1.0)
+    >>> p.decide(StepState(drafts=(4,), confidence=(0.9,))).kind.value        # G(2) = 2.71/1.4 > G(1) = 1.9/1.2
+    'extend'
+    >>> p.decide(StepState(drafts=(4,), confidence=(0.1,))).kind.value        # G(2) = 1.11/1.4 < G(1) = 1.1/1.2
+    'verify'
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from specpolicy.policies.base import _EXTEND, _VERIFY, Action, Policy, StepState
+from specpolicy.policies.registry import MAX_DEPTH, PolicyParamError, check_param, register_policy
+
+__all__ = ["NOMINAL_STEP_COST", "GoodputPolicy", "relative_step_cost", "step_cost_missing", "with_step_cost"]
+
+# A nominal profile for a bare ``generate`` (no cost model given): each draft adds 0.4 of an ``ar`` step, roughly the
+# embedded model on a CPU (issue 13: drafting 0.31 of a target forward per depth, plus the longer verify forward).
+NOMINAL_STEP_COST = (1.0, 1.4)
+_MAX_COST_LEN = 4 * MAX_DEPTH + 4
+
+
+def _cost_table(step_cost, n: int) -> tuple[float, ...]:
+    """T(0..n-1): ``step_cost`` extended linearly past its end (slope of its last two entries, at least 0)."""
+    t = list(step_cost[:n])
+    slope = max(step_cost[-1] - step_cost[-2], 0.0)
+    while len(t) < n:
+        t.append(step_cost[-1] + (len(t) - len(step_cost) + 1) * slope)
+    return tuple(t)
+
+
+def _check_step_cost(value) -> tuple[float, ...] | None:
+    allowed = ("null (the cost model of where it runs) or a list of >= 2 positive numbers: t_step(m) / t_step(0) "
+               f"for m = 0, 1, ... (at most {_MAX_COST_LEN})")
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__len__"):
+        raise PolicyParamError(f"goodput: step_cost={value!r} is not a list of numbers; allowed: {allowed}")
+    items = list(value)
+    ok = 2 <= len(items) <= _MAX_COST_LEN and all(
+        isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in items)
+    if not ok:
+        raise PolicyParamError(f"goodput: step_cost={items!r} is invalid; allowed: {allowed}")
+    return tuple(float(x) for x in items)
+
+
+@register_policy
+class GoodputPolicy(Policy):
+    """Extend while one more draft (or up to ``lookahead`` more) raises the expected committed tokens per unit time
+    under ``step_cost``; then verify (lossless), or trust the prefix >= ``tau_trust`` when ``tau_trust < 1``."""
+
+    name = "goodput"
+
+    def __init__(self, step_cost=None, gamma: float = 1.0, weight: float = 0.9, prior_accept: float = 0.7,
+                 prior_n: float = 4.0, lookahead: int = 4, k_max: int = 8, tau_trust: float = 1.0) -> None:
+        self.step_cost = _check_step_cost(step_cost)
+        self.gamma = check_param(self.name, "gamma", gamma, 0.01, 100)
+        self.weight = check_param(self.name, "weight", weight, 0, 1)
+        self.prior_accept = check_param(self.name, "prior_accept", prior_accept, 0, 1)
+        self.prior_n = check_param(self.name, "prior_n", prior_n, 0.01, None)
+        self.lookahead = check_param(self.name, "lookahead", lookahead, 1, MAX_DEPTH, integer=True)
+        self.k_max = check_param(self.name, "k_max", k_max, 1, MAX_DEPTH, integer=True)
+        self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
+        self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
+
+    @property
+    def lossless(self) -> bool:
+        return self.tau_trust >= 1 and self.acceptance is None
+
+    def decide(self, state: StepState) -> Action:
+        m = len(state.drafts)
+        limit = self.k_max if self.k_max < state.budget else state.budget
+        if m < limit and self._pays(state, m, limit):
+            return _EXTEND
+        if m == 0 or self.tau_trust >= 1:
+            return _VERIFY
+        conf, tau, t = state.confidence, self.tau_trust, 0
+        while t < m and conf[t] >= tau:
+            t += 1
+        return Action.trust([True] * t + [False] * (m - t))  # all False -> VERIFY
+
+    def _pays(self, state: StepState, m: int, limit: int) -> bool:
+        """G(m + h) > G(m) for some h = 1..min(lookahead, limit - m) (module docstring)."""
+        w, g, tau = self.weight, self.gamma, self.tau_trust
+        conf, stats = state.confidence, state.stats
+        acc, att, n_seen = stats.accepted, stats.attempted, len(stats.attempted)
+        pa, pn, prior = self.prior_accept * self.prior_n, self.prior_n, self.prior_accept
+        p = e = 1.0
+        trusting = tau < 1
+        for j in range(m):  # E(m) over the drafts so far
+            c = conf[j]
+            if trusting and c >= tau:
+                e += p  # a trusted draft is committed whatever its verdict: a_j = 1
+                continue
+            trusting = False
+            r = (acc[j] + pa) / (att[j] + pn) if j < n_seen else prior
+            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * r
+            e += p
+        t = self._t
+        ratio_e, ratio_t = e, t[m]  # G(m) = ratio_e / ratio_t
+        last = w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0
+        for j in range(m, min(m + self.lookahead, limit)):  # depth j+1, not drafted yet
+            r = (acc[j] + pa) / (att[j] + pn) if j < n_seen else prior
+            p *= (last + (1.0 - w) * r) if m else r
+            e += p
+            if e * ratio_t > ratio_e * t[j + 1]:
+                return True
+        return False
+
+    @classmethod
+    def search_space(cls, trial) -> dict[str, Any]:
+        """``gamma`` in [0.25, 4] (log), ``weight`` and ``prior_accept`` in [0, 1], ``prior_n`` in [0.5, 64] (log),
+        ``lookahead`` in 1..4, ``k_max`` in 1..16, ``tau_trust`` in [0.5, 1]. ``step_cost`` is measured, not tuned.
+
+        To tune the lossless variant only, pin ``tau_trust=1`` (``optuna.samplers.PartialFixedSampler``).
+
+        Example:
+            >>> import optuna
+            >>> point = {"gamma": 1.0, "weight": 0.9, "prior_accept": 0.7, "prior_n": 4.0, "lookahead": 4,
+            ...          "k_max": 8, "tau_trust": 1.0}
+            >>> GoodputPolicy.search_space(optuna.trial.FixedTrial(point)) == point
+            True
+        """
+        return {
+            "gamma": trial.suggest_float("gamma", 0.25, 4.0, log=True),
+            "weight": trial.suggest_float("weight", 0.0, 1.0),
+            "prior_accept": trial.suggest_float("prior_accept", 0.0, 1.0),
+            "prior_n": trial.suggest_float("prior_n", 0.5, 64.0, log=True),
+            "lookahead": trial.suggest_int("lookahead", 1, 4),
+            "k_max": trial.suggest_int("k_max", 1, MAX_DEPTH),
+            "tau_trust": trial.suggest_float("tau_trust", 0.5, 1.0),
+        }
+
+
+def relative_step_cost(cost, k: int = MAX_DEPTH) -> tuple[float, ...]:
+    """``(t_step(m) / t_step(0) for m = 0..k)`` from any cost model with ``step_s(m)`` (seconds of a step with m
+    drafts, e.g. ``specpolicy.decoding.cost.CostModel``), rounded to 6 decimals: a ``step_cost`` for ``goodput``.
+
+    Example:
+        >>> class Linear:
+        ...     def step_s(self, m): return 0.01 + 0.003 * m
+        >>> relative_step_cost(Linear(), 2)
+        (1.0, 1.3, 1.6)
+    """
+    t0 = cost.step_s(0)
+    if not (isinstance(t0, numbers.Real) and t0 > 0):
+        raise PolicyParamError(f"goodput: the cost model's step_s(0)={t0!r} is not a positive number of seconds")
+    return tuple(round(cost.step_s(m) / t0, 6) for m in range(k + 1))
+
+
+def _filled(params: dict, cost) -> dict | None:
+    """``params`` with every ``step_cost: None`` (also inside ``base_params``) filled from ``cost``; None if none."""
+    out, changed = dict(params), False
+    if "step_cost" in out and out["step_cost"] is None:
+        out["step_cost"], changed = relative_step_cost(cost, int(out.get("k_max", MAX_DEPTH))), True
+    inner = out.get("base_params")
+    if isinstance(inner, Mapping):
+        sub = _filled(dict(inner), cost)
+        if sub is not None:
+            out["base_params"], changed = sub, True
+    return out if changed else None
+
+
+def step_cost_missing(params: Mapping) -> bool:
+    """Whether policy parameters hold a ``step_cost`` left None (also inside ``base_params``): a cost model must
+    fill it (``with_step_cost``) for the policy to use the costs of where it runs.
+
+    Example:
+        >>> step_cost_missing(GoodputPolicy().params()), step_cost_missing({"base_params": {"step_cost": [1, 2]}})
+        (True, False)
+    """
+    inner = params.get("base_params")
+    return ("step_cost" in params and params["step_cost"] is None) or (
+        isinstance(inner, Mapping) and step_cost_missing(inner))
+
+
+def with_step_cost(policy: Policy, cost) -> Policy:
+    """``policy`` with its ``step_cost`` (a parameter left None, also a ``calibrated`` policy's base's) filled from
+    ``cost`` (anything with ``step_s(m)``); the same object when there is nothing to fill.
+
+    Use the returned policy for the real run and for its replay alike: the same numbers, the same decisions.
+
+    Example:
+        >>> class Linear:
+        ...     def step_s(self, m): return 0.01 + 0.003 * m
+        >>> with_step_cost(GoodputPolicy(k_max=2), Linear()).step_cost
+        (1.0, 1.3, 1.6)
+        >>> p = GoodputPolicy(step_cost=(1.0, 2.0)); with_step_cost(p, Linear()) is p
+        True
+    """
+    params = _filled(policy.params(), cost)
+    return policy if params is None else type(policy)(**params)

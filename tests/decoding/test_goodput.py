@@ -1,0 +1,107 @@
+"""``goodput`` through the real decoder: the cost model reaches its decisions, its replay equals real decoding when
+both get the same ``step_cost`` (the trace's cost model, as ``replay`` and ``decode_real`` fill it), it stays
+lossless, and a run fills ``step_cost`` from the measured cost model (or, resuming, from its records)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from specpolicy import generate
+from specpolicy.decoding.cost import CostModel
+from specpolicy.policies import get_policy, with_step_cost
+from specpolicy.replay import prompt_from_generation, replay
+from specpolicy.replay.compare import decode_real
+from specpolicy.replay.record import record_trace
+from specpolicy.testing import small_model
+
+N, K = 20, 5
+PROMPTS = [[(5 * i + 3 * j) % 60 + 2 for j in range(6 + i)] for i in range(4)]
+FIELDS = ("new_tokens", "steps", "drafted", "accepted", "accept_reached", "accept_ok", "finished_by")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model(seed=3, k=2, tie=0.8)
+
+
+@pytest.fixture(scope="module")
+def trace(model):
+    return record_trace(model, PROMPTS, N, K, cost_reps=1, progress=False)
+
+
+def trimmed(x):
+    x = list(x) if isinstance(x, tuple) else x
+    while isinstance(x, list) and x and x[-1] == 0:
+        x.pop()
+    return x
+
+
+def test_replay_equals_real_decoding_with_the_same_step_cost(model, trace):
+    cheap = CostModel(t_target=(0.010, 0.0101), t_mtp=0.0002)  # drafting almost free: goodput drafts deep
+    for cost in (trace.cost, cheap):
+        policy = with_step_cost(get_policy("goodput", lookahead=2), cost)
+        rep = replay(policy, trace)
+        assert rep.summary["params"]["step_cost"] == policy.step_cost and rep.summary["approximate"] is False
+        for i, ids in enumerate(PROMPTS):
+            real = prompt_from_generation(generate(model, ids, policy, max_new_tokens=N, max_draft=K), trace.cost, K)
+            for f in FIELDS:
+                assert trimmed(getattr(rep.prompts[i], f)) == trimmed(getattr(real, f)), (cost, i, f)
+
+
+def test_replay_fills_the_traces_cost_and_decode_real_fills_the_same(model, trace):
+    policy = get_policy("goodput")
+    rep = replay(policy, trace)
+    assert rep.summary["params"]["step_cost"] == with_step_cost(policy, trace.cost).step_cost
+    real, _ = decode_real(model, trace.select([0, 1]), {"goodput": policy}, progress=False)
+    for i, res in enumerate(real["goodput"]):
+        got = prompt_from_generation(res, trace.cost, K)
+        assert all(trimmed(getattr(rep.prompts[i], f)) == trimmed(getattr(got, f)) for f in FIELDS)
+
+
+def test_the_cost_model_reaches_the_decisions_and_output_stays_lossless(model):
+    ar = [generate(model, ids, "ar", max_new_tokens=N).token_ids for ids in PROMPTS]
+    drafted = {}
+    for per_draft in (0.02, 0.3, 2.0):
+        policy = get_policy("goodput", step_cost=(1.0, 1.0 + per_draft))
+        runs = [generate(model, ids, policy, max_new_tokens=N, max_draft=K) for ids in PROMPTS]
+        assert [r.token_ids for r in runs] == ar
+        drafted[per_draft] = sum(len(s.drafts) for r in runs for s in r.steps) / sum(len(r.steps) for r in runs)
+    assert drafted[0.02] > drafted[0.3] > drafted[2.0] == 0.0
+
+
+def plan_for(policy: str, **params):
+    from specpolicy.runs.checks import validate
+
+    return validate(SimpleNamespace(
+        policy=SimpleNamespace(name=policy, **params), baselines=True, threads=1, bootstrap=0, nll=False,
+        model=SimpleNamespace(path="tiny", device="cpu", dtype=None),
+        data=SimpleNamespace(name="stdlib_test", n_prompts=2, prompt_tokens=16, seed=0, split="test"),
+        decode=SimpleNamespace(temperature=0.0, top_p=1.0, top_k=0, seed=0, max_new_tokens=8, max_draft=8)))
+
+
+def test_a_run_fills_step_cost_from_the_measured_cost_model_or_its_records(tmp_path):
+    from specpolicy import __version__
+    from specpolicy.runs import RecordStore
+    from specpolicy.runs.checks import check_resume, fill_step_cost
+
+    plan = plan_for("goodput", k_max=2)
+    assert plan.arms[-1].params["step_cost"] is None
+    calls = []
+    measured = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002)
+    filled = fill_step_cost(plan, lambda: calls.append(1) or measured)
+    assert filled.arms[-1].params["step_cost"] == (1.0, 1.3, 1.6) and calls == [1]
+    assert [a.params for a in filled.arms[:-1]] == [a.params for a in plan.arms[:-1]]  # baselines untouched
+    other = plan_for("threshold")
+    assert fill_step_cost(other, lambda: calls.append(1)) is other and calls == [1]  # nothing to fill: no measuring
+    record = {"prompt_id": "a.py:1", "policy": "goodput", "params": dict(filled.arms[-1].params,
+              step_cost=[1.0, 1.3, 1.6]), "run_key": plan.run_key, "specpolicy_version": __version__}
+    RecordStore(tmp_path).add(record, steps=[])  # a run that stopped after one record
+    store = RecordStore(tmp_path)
+    check_resume(store, plan, tmp_path, __version__)  # a step_cost left None resumes the recorded one
+    check_resume(store, filled, tmp_path, __version__)  # the same numbers, JSON lists vs tuples
+    again = fill_step_cost(plan, CostModel(t_target=(0.01, 0.02, 0.03), t_mtp=0.01), store)
+    assert again.arms[-1].params["step_cost"] == (1.0, 1.3, 1.6)  # reused, not re-measured
+    with pytest.raises(Exception, match="records of another configuration"):
+        check_resume(store, plan_for("goodput", k_max=2, step_cost=[1.0, 2.0]), tmp_path, __version__)
