@@ -269,12 +269,17 @@ def speed(cfg, policies: dict) -> dict:
 
     from specpolicy.decoding.cost import measure_cost
     from specpolicy.decoding.harness import interleaved, policy_runner
+    from specpolicy.policies import step_cost_missing, with_step_cost
     from specpolicy.runs import checks
 
     torch.set_num_threads(cfg.threads)
     hf_logging.disable_progress_bar()  # generate(use_mtp=True) shows a weight-loading bar at every call
     model = checks.load(cfg.model, cfg.drafter)
     prompts, data_info = checks.prompts_for(cfg.data, model.tokenizer)
+    cost = None
+    if any(step_cost_missing(p.params()) for p in policies.values()):  # goodput: the cost model of this machine
+        cost = measure_cost(model, list(prompts[0].ids) * 2, max(cfg.cost_depth, 8), reps=30, loop_reps=2)
+        policies = {label: with_step_cost(p, cost) for label, p in policies.items()}
     runners = {label: policy_runner(model, (lambda p=p: p)) for label, p in policies.items()}
     runners.update(peer_runners(cfg, model))
     times = {n: [0.0] * cfg.repeats for n in runners}
@@ -293,7 +298,7 @@ def speed(cfg, policies: dict) -> dict:
         greedy = _peer_runner(model)
         reference = [greedy(list(p.ids), i, cfg.new_tokens).token_ids for i, p in enumerate(prompts)]
     rows = _rows(runners, times, outputs, forwards, lossless, reference)
-    cost = measure_cost(model, list(prompts[0].ids) * 2, cfg.cost_depth, reps=30)
+    cost = cost or measure_cost(model, list(prompts[0].ids) * 2, cfg.cost_depth, reps=30)
     t = cost.t_target
     return {"rows": rows, "cost": {"target_forward_s": {m: t[m - 1] for m in range(1, len(t) + 1)},
                                    "c": {m: cost.c(m) for m in range(1, len(t) + 1)},

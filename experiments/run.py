@@ -67,6 +67,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, load, decode (resuming), summarise, write the figure and print the table."""
     import torch
 
+    from specpolicy.decoding.cost import measure_cost
     from specpolicy.metrics import lossy_table
     from specpolicy.runs import environment_info, runner
     from specpolicy.runs.report import console_table
@@ -76,6 +77,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     torch.set_num_threads(plan.threads)
     model = _model(plan.model, plan.drafter)
     prompts, data_info = checks.prompts_for(plan.data, model.tokenizer)
+    # a cost-aware arm (goodput) without step_cost gets the cost model measured here (or its recorded one on resume)
+    plan = checks.fill_step_cost(plan, lambda: measure_cost(model, list(prompts[0].ids), k=8, reps=10, loop_reps=2),
+                                 store)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     env = environment_info(model, plan.threads, data_info)
     (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")

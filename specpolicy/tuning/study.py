@@ -22,7 +22,7 @@ from typing import Any, Optional
 import optuna
 
 from specpolicy._version import __version__
-from specpolicy.policies import PolicyParamError, get_policy, list_policies, policy_class
+from specpolicy.policies import PolicyParamError, get_policy, list_policies, policy_class, with_step_cost
 
 from .storage import StudyError, storage_kind
 
@@ -192,6 +192,7 @@ def make_evaluator(s, trace, max_new_tokens: int, model=None) -> Callable[[Any],
     sub = trace.select(range(min(s.decode_prompts, trace.n_prompts)))
 
     def decode(policy):
+        policy = with_step_cost(policy, trace.cost)  # the numbers the replay of this trace would use
         res = [generate(model, list(ids), policy, max_new_tokens=max_new_tokens, max_draft=trace.k_max)
                for ids in sub.prompt_ids]
         return summarise_generations(res, trace.cost, trace.k_max, lossless=policy.lossless)
