@@ -107,7 +107,7 @@ def other_jobs(s: dict, out: Path) -> dict[str, list[tuple[str, str, list[str]]]
                               th]),
             ("replay_report", "replay_report", [f"trace={trace}", f"n_prompts={s['rr_prompts']}",
                                                 f"cost_reps={max(1, s['cost_reps'])}",
-                                                f"loop_reps={1 if s['cost_reps'] < 5 else 3}", th]),
+                                                th]),
         ],
         "bench": [
             ("bench", "bench", [f"data.n_prompts={s['bench_prompts']}", f"data.prompt_tokens={s['prompt_tokens']}",
