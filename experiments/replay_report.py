@@ -9,10 +9,10 @@ and replayed (``specpolicy.replay.compare``). Lossless policies must agree exact
 accepted-length histogram, acceptance by depth); lossy ones are shown side by side (TPF, lossy error rate), since
 their replay is an approximation (see ``specpolicy.replay.simulate``).
 
-Time: the cost model is measured again in this process just before decoding (``cost=measure``, the default: the
-target forward over m tokens and the drafter step, ``specpolicy.decoding.cost``; ``loop_reps`` > 0 also fits the
-loop's overhead to decoder runs, which on the 2-core CPU mis-predicted by 27-40%: the fit's terms absorb a bias of
-the isolated forward timings), or taken from the trace (``cost=trace``). Beside each policy's measured decode-phase speedup over ``ar`` (prefill excluded, as in the
+Time: the cost model is measured again in this process just before decoding (``cost=measure``, the default), from
+the decoder's own steps (``loop_reps`` rounds of ar and fixed k = 1..K: verify time per block size, draft time per
+draft, time outside both; ``specpolicy.decoding.cost``), or from isolated forward timings (``loop_reps=0``), or
+taken from the trace (``cost=trace``). Beside each policy's measured decode-phase speedup over ``ar`` (prefill excluded, as in the
 model) stand the modelled speedup (with overhead: what replay and tuning predict) and the ceiling (model compute
 only: TPF x t_step(0) / mean t_step(m)), and their ratios. Writes ``replay_report.md``, ``replay_report.csv`` and
 ``cost.json`` to the run directory. Bad input: one line on stderr, exit code 2.
@@ -63,7 +63,7 @@ class ReportConfig:
     threads: int = 2
     cost: str = "measure"  # measure: in this process before decoding | trace: the trace's own cost model
     cost_reps: int = 20  # measure: repetitions of each model-part timing
-    loop_reps: int = 0  # measure: > 0 also fits the loop overhead to that many rounds of decoder runs (see below)
+    loop_reps: int = 2  # measure: rounds of decoder runs the cost model is read from; 0: isolated timings only
 
 
 ConfigStore.instance().store(name="replay_report_schema", node=ReportConfig)
@@ -133,8 +133,8 @@ def _time_table(rows: list[dict], cost, source: str) -> str:
                      f"{r['speedup_measured_over_modelled']:.3f} | {r['speedup_ceiling']:.3f} | "
                      f"{r['speedup_measured_over_ceiling']:.3f} |")
     lines += ["", "decode phase (prefill and its token excluded) of all three; measured: tokens/s vs ar decoded "
-              "interleaved in this process; modelled: the cost model with the loop's overhead; ceiling: model compute "
-              "only."]
+              "interleaved in this process; modelled: TPF x t_step(0) / mean t_step(m) with the whole step; ceiling: "
+              "the same without the loop's time outside the draft and verify phases (t_overhead)."]
     return "\n".join(lines) + "\n"
 
 

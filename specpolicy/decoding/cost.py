@@ -1,12 +1,12 @@
 """The device cost model of one decode step, and the one place it is measured.
 
 A step with m drafts costs ``t_target(m+1)`` (one target forward over the block [t_n, d_1..d_m]) plus ``m`` drafter
-steps plus the loop's own overhead (fixed per step, and per draft). ``measure_cost`` times the model parts the way
-the decoder runs them (medians of interleaved repetitions, CUDA synchronised) and fits the overhead to the decoder's
-wall clock; replay, tuning, the cost-aware policy and the benchmark all read the same ``CostModel``.
+steps plus the loop's own overhead. ``measure_cost`` times the model parts in isolation (medians of interleaved
+repetitions, CUDA synchronised), or, with ``loop_reps``, reads all three off the decoder's own steps; replay, tuning,
+the cost-aware policy and the benchmark all read the same ``CostModel``.
 
 Example:
-    >>> cost = measure_cost(load_model("tiny"), ctx=prompt_ids, k=8, reps=30, loop_reps=3)
+    >>> cost = measure_cost(load_model("tiny"), ctx=prompt_ids, k=8, reps=30, loop_reps=2)
     >>> cost.c(4), cost.t_mtp / cost.t_target[0], cost.t_overhead / cost.t_target[0]
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 __all__ = ["CostModel", "measure_cost", "speedups"]
 
@@ -26,10 +26,10 @@ class CostModel:
         step_s(m) = t_target(m + 1) + m * t_mtp + t_overhead + m * t_overhead_draft
 
     ``t_target[m-1]``: a target forward + head over m tokens (m = 1..K+1); ``t_mtp``: one drafter step;
-    ``t_overhead``: the loop's fixed cost per step besides model compute (policy, walk, commit, crops, records, host
-    syncs); ``t_overhead_draft``: its cost per draft (drafting features, the policy asked once more). The two
-    overhead terms are fitted to the decoder's own wall clock (``measure_cost(..., loop_reps=...)``); 0 for a cost
-    model of model compute only, which ``compute_s`` always gives. ``c(m) = t_target[m-1] / t_target[0]``.
+    ``t_overhead``: the loop's fixed cost per step outside the draft phase and the verify phase (observe, records);
+    ``t_overhead_draft``: a cost per draft beyond ``t_mtp`` (0 unless given). Measured from the decoder's own steps
+    (``measure_cost(..., loop_reps=...)``) or 0 for a cost model of isolated model timings; ``compute_s`` leaves both
+    out. ``c(m) = t_target[m-1] / t_target[0]``.
 
     Example:
         >>> cm = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.001)
@@ -82,10 +82,12 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
                    after each call), m = 1..K+1, interleaved within each repetition so load drift hits every m alike;
     t_mtp:         one drafting step at depth 1 of ``drafter`` (default: the model's own, ``drafter_for``) on one
                    new position, its state caught up over ``ctx`` first, as the decoder drafts;
-    t_overhead, t_overhead_draft: with ``loop_reps`` > 0, ``generate`` decodes ``loop_tokens`` tokens after ``ctx``
-                   with ``ar`` and ``fixed k`` for k = 1..K, ``loop_reps`` times interleaved; per run, the wall clock
-                   per step (prefill excluded) minus the modelled compute of its steps is the loop's overhead, and
-                   a least-squares line over the mean drafts per step gives the fixed and per-draft terms.
+    with ``loop_reps`` > 0 the same quantities are instead read off the decoder's own steps (``_from_decoder``:
+                   ``generate`` decodes ``loop_tokens`` tokens after ``ctx`` with ``ar`` and ``fixed k`` for
+                   k = 1..K, ``loop_reps`` rounds interleaved): t_target[m] = median verify time of steps with m
+                   drafts, t_mtp = median draft-phase time per draft, t_overhead = median time per step outside both
+                   phases. Isolated timings run with cold caches between calls of different sizes and a drafter
+                   caught up by exactly one position; the decoder's own steps are what a run pays.
     """
     import torch
 
@@ -128,34 +130,35 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
     compute = CostModel(tuple(t_target), statistics.median(ts[1:]))
     if loop_reps <= 0:
         return compute
-    a, b = _fit_overhead(model, list(ctx), k, compute, loop_reps, loop_tokens, engine, drafter)
-    return replace(compute, t_overhead=a, t_overhead_draft=b)
+    return _from_decoder(model, list(ctx), k, compute, loop_reps, loop_tokens, engine, drafter)
 
 
-def _fit_overhead(model, ctx: list[int], k: int, compute: CostModel, reps: int, tokens: int, engine: str,
-                  drafter) -> tuple[float, float]:
-    """(fixed, per-draft) loop overhead: least squares of (wall per step - modelled compute per step) on drafts per
-    step over ``reps`` interleaved runs of ar and fixed k = 1..K (``measure_cost``)."""
-    import numpy as np
-
+def _from_decoder(model, ctx: list[int], k: int, compute: CostModel, reps: int, tokens: int, engine: str,
+                  drafter) -> CostModel:
+    """The cost model read off the decoder's own steps: ``reps`` interleaved rounds of ``generate`` with ar and fixed
+    k = 1..K after ``ctx``. t_target[m] = median verify time of steps with m drafts (forward + walk + commit; the
+    isolated timing where no step had that many); t_mtp = median draft-phase time per draft; t_overhead = median
+    time per step outside both phases (observe, records, the loop)."""
     from ..policies import get_policy
     from .decoder import generate
 
     policies = [get_policy("ar")] + [get_policy("fixed", k=j) for j in range(1, k + 1)]
-    xs, ys = [], []
+    verify: dict[int, list[float]] = {m: [] for m in range(k + 1)}
+    per_draft, outside = [], []
     for rep in range(reps + 1):
         for pol in policies:
             res = generate(model, ctx, pol, max_new_tokens=tokens, max_draft=k, drafter=drafter, engine=engine)
-            if rep == 0 or not res.steps:  # repetition 0 warms up
+            if rep == 0 or not res.steps:  # round 0 warms up
                 continue
-            per_step = (res.stats.wall_s - res.stats.prefill_s) / len(res.steps)
-            drafts = [len(s.drafts) for s in res.steps]
-            xs.append(sum(drafts) / len(drafts))
-            ys.append(per_step - sum(compute.compute_s(m) for m in drafts) / len(drafts))
-    if len(set(xs)) < 2:
-        return float(np.median(ys)), 0.0
-    b, a = np.polyfit(xs, ys, 1)
-    return float(a), float(b)
+            for st in res.steps:
+                verify[len(st.drafts)].append(st.verify_s)
+                if st.drafts:
+                    per_draft.append(st.draft_s / len(st.drafts))
+            inside = sum(st.draft_s + st.verify_s for st in res.steps)
+            outside.append((res.stats.wall_s - res.stats.prefill_s - inside) / len(res.steps))
+    t_target = tuple(statistics.median(verify[m]) if verify[m] else compute.t_target[m] for m in range(k + 1))
+    return CostModel(t_target, statistics.median(per_draft) if per_draft else compute.t_mtp,
+                     statistics.median(outside) if outside else 0.0)
 
 
 def speedups(results, ar, cost: CostModel) -> dict:
