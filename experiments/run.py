@@ -78,7 +78,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     model = _model(plan.model, plan.drafter)
     prompts, data_info = checks.prompts_for(plan.data, model.tokenizer)
     # a cost-aware arm (goodput) without step_cost gets the cost model measured here (or its recorded one on resume)
-    plan = checks.fill_step_cost(plan, lambda: measure_cost(model, list(prompts[0].ids), k=8, reps=10),
+    plan = checks.fill_step_cost(plan, lambda: measure_cost(model, list(prompts[0].ids), k=8, reps=10, loop_reps=1,
+                                                         loop_tokens=32),
                                  store)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     env = environment_info(model, plan.threads, data_info)
