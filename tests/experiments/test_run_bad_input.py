@@ -94,6 +94,6 @@ def test_help_lists_the_groups():
     assert proc.returncode == 0
     policies = sorted(p.stem for p in (run_module.CONF_DIR / "policy").glob("*.yaml"))
     assert {"ar", "fixed", "threshold"} <= set(policies)
-    for line in (f"policy: {', '.join(policies)}", "model: hf, tiny", "data: file, stdlib_test",
+    for line in (f"policy: {', '.join(policies)}", "model: hf, tiny", "data: file, package, stdlib_test",
                  "decode: greedy, sampling", "experiment: paper_threshold", "tau_trust: 1.0"):
         assert line in proc.stdout
