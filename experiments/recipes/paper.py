@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 DRAFTERS = ("mtp", "medusa", "draft", "ngram")
 STAGES = ("runs", "calibrate", "replay", "bench", "figures", "numbers")
 
-# Per mode: sizes of every job and its time budget in seconds (full: 2 idle cores, threads=2).
+# Per mode: sizes of every job and its time budget in seconds (full: 2 idle cores, threads=1: faster than 2 there).
 SIZES = {
     # quick: one run job of each kind (a drafter on each corpus, sampling, trust, relaxed, cost-aware), not all 14
     "quick": {"prompts": 2, "prompt_tokens": 16, "tokens": 8, "bootstrap": 50, "threads": 1, "figure": False,
@@ -46,7 +46,7 @@ SIZES = {
     # full: measured on a loaded 2-core machine (threads=2): one run job of 8 prompts x 64 tokens (ar, fixed,
     # policy; NLL, 1000 resamples, figure) took 45 s, validate_trust of 8 prompts x 32 tokens x 4 policies 35 s;
     # scaled linearly in prompts x tokens. Sum of the budgets: about 38 min, plus TeX.
-    "full": {"prompts": 12, "prompt_tokens": 64, "tokens": 64, "bootstrap": 1000, "threads": 2, "figure": True,
+    "full": {"prompts": 12, "prompt_tokens": 64, "tokens": 64, "bootstrap": 1000, "threads": 1, "figure": True,
              "cal_prompts": 64, "certify_tokens": 32, "vt_prompts": 64, "vt_splits": 200, "rec_prompts": 12,
              "probe_depth": 8, "cost_reps": 10, "trials": 200, "remeasure": 4, "rr_prompts": 6, "bench_prompts": 8,
              "repeats": 3, "cost_depth": 7, "budget": {"run": 70, "calibrate": 180, "validate_trust": 300,

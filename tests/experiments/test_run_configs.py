@@ -58,7 +58,7 @@ def test_defaults_are_the_first_command():
     cfg = _compose([])
     assert (cfg.policy.name, cfg.model.path, cfg.data.name, cfg.decode.temperature) == ("threshold", "tiny",
                                                                                         "stdlib_test", 0.0)
-    assert cfg.threads == 2 and cfg.baselines is True
+    assert cfg.threads == 1 and cfg.baselines is True
     assert _compose(["decode=sampling"]).decode.temperature == 0.8
 
 
