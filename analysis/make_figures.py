@@ -94,7 +94,7 @@ def make_figures(paths, out: str | Path = "paper/figures", only=None, log=print,
     """Draw every figure the results allow into ``out``; returns {name: [pdf, png]}. Raises ``ResultsError``.
 
     Example:
-        >>> sorted(make_figures(["runs/drafters"], "/tmp/figs"))          # doctest: +SKIP
+        >>> sorted(make_figures(["runs/drafters"], "figs"))          # doctest: +SKIP
         ['acceptance', 'draft_lengths', 'speed_quality']
     """
     unknown = sorted(set(only or ()) - set(FIGURES))

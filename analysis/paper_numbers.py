@@ -321,7 +321,7 @@ def write_generated(results: str | Path, out: str | Path, fig_dir: str | Path | 
     """Write ``numbers.tex`` and every table and figure include into ``out``; returns the files written.
 
     Example:
-        >>> [f.name for f in write_generated("runs/paper", "/tmp/gen")][:1]   # doctest: +SKIP
+        >>> [f.name for f in write_generated("runs/paper", "paper/generated")][:1]   # doctest: +SKIP
         ['numbers.tex']
     """
     root, out = Path(results), Path(out)

@@ -2,7 +2,7 @@
 engine on a model of realistic size without downloading one (the GPU check's ~1B DeepSeek-V3).
 
     python -m experiments.random_model out=runs/models/dsv3-1b                  # DeepSeek-V3 layout, ~1B parameters
-    python -m experiments.random_model size=smoke out=/tmp/dsv3-smoke           # 61 narrow layers: seconds, on a CPU
+    python -m experiments.random_model size=smoke out=runs/models/dsv3-smoke    # 61 narrow layers: seconds, on a CPU
 
 The architecture is DeepSeek-V3 (MLA attention, MoE with shared experts, one MTP layer stored as decoder layer 61,
 as transformers expects for this model type), with the embedded model's tokenizer and vocabulary (4096) so prompts

@@ -3,7 +3,7 @@
 #
 #   bash experiments/recipes/paper.sh            # full: about 40 min on 2 idle cores, then make -C paper
 #   bash experiments/recipes/paper.sh --quick    # every stage on tiny settings, no TeX (the test suite runs this)
-#   PAPER_OUT=/tmp/p bash experiments/recipes/paper.sh --quick   # results under $PAPER_OUT instead of the repo
+#   PAPER_OUT=runs/paper_elsewhere bash experiments/recipes/paper.sh --quick   # results under $PAPER_OUT instead of the repo
 #
 # Resumable: a finished job (runs/paper/<job>/.paper_done) is skipped; a killed experiments.run job resumes.
 # Stages and sizes: experiments/recipes/paper.py. Full mode installs latexmk/texlive from Debian if absent.
