@@ -39,6 +39,8 @@ __all__ = ["Block", "Judge", "draft_phase", "trust_mask", "walk", "TARGET", "VER
 
 TARGET, VERIFIED, RELAXED, TRUSTED = "target", "verified", "relaxed", "trusted"  # provenance of a committed token
 _EXTEND, _TRUST = ActionKind.EXTEND, ActionKind.TRUST
+_new = object.__new__  # the hot path builds frozen records without __init__
+_VERIFIED = (VERIFIED,) * 4096  # provenance of a strict walk's accepted drafts (a block never holds 4096 drafts)
 
 # next_draft(depth) -> (d_depth, q(d_depth), H(q) in nats, q(top-1) - q(top-2)), or None: no draft at this depth
 NextDraft = Callable[[int], "tuple[int, float, float, float] | None"]
@@ -51,12 +53,18 @@ def draft_phase(policy: Policy, state: StepState, next_draft: NextDraft) -> tupl
     budget shrinks to the current depth and the policy is asked once more, so it still chooses VERIFY or TRUST for
     the drafts it has. Returns the final state (drafts d_1..d_m with their features) and the action that ended it.
     """
+    decide, m, budget = policy.decide, len(state.drafts), state.budget
     while True:
-        action = policy.decide(state)
-        if action.kind is not _EXTEND or state.depth >= state.budget:
+        action = decide(state)
+        if action.kind is not _EXTEND or m >= budget:
             return state, action
-        f = next_draft(state.depth + 1)
-        state = state.extended(*f) if f is not None else replace(state, budget=state.depth)
+        f = next_draft(m + 1)
+        if f is None:
+            state = replace(state, budget=m)
+            budget = m
+        else:
+            state = state.extended(*f)
+            m += 1
 
 
 def trust_mask(action: Action, m: int) -> tuple[bool, ...]:
@@ -99,40 +107,65 @@ class Block:
     eos: bool  # the block ends with an EOS token (the generation is finished)
 
 
+def _walk_lossy(drafts, mask, judge, relaxed):
+    """The walk of a block with trusted drafts or a relaxed rule: (committed, provenance, verdicts, probabilities)."""
+    strict = judge.strict
+    committed, prov, verdicts, probs = [], [], [], []
+    clean, j = True, 0
+    for d in drafts:
+        ok, prob = strict(j, clean)
+        verdicts.append(ok)
+        probs.append(prob)
+        if mask[j]:
+            prov.append(TRUSTED)
+        elif ok:
+            prov.append(VERIFIED)
+        elif relaxed and judge.relaxed(j):
+            prov.append(RELAXED)
+        else:
+            committed.append(judge.target(j, clean, True))
+            prov.append(TARGET)
+            break
+        committed.append(d)
+        if not ok:
+            clean = False
+        j += 1
+    else:
+        committed.append(judge.target(j, clean, False))
+        prov.append(TARGET)
+    return committed, prov, verdicts, probs
+
+
 def walk(drafts: Sequence[int], mask: Sequence[bool], judge: Judge, relaxed: bool = False,
          eos: Collection[int] = ()) -> Block:
     """Walk d_1..d_m in order (module docstring) and cut the committed tokens after the first EOS.
 
     ``relaxed``: the policy names a relaxed rule, so ``judge.relaxed`` is asked for drafts the strict rule rejects.
     """
-    committed, prov, verdicts, probs = [], [], [], []
-    clean = True
-    for j, d in enumerate(drafts):
-        ok, prob = judge.strict(j, clean)
-        verdicts.append(ok)
-        probs.append(prob)
-        if mask[j]:
-            committed.append(d)
-            prov.append(TRUSTED)
-        elif ok:
-            committed.append(d)
-            prov.append(VERIFIED)
-        elif relaxed and judge.relaxed(j):
-            committed.append(d)
-            prov.append(RELAXED)
-        else:
-            committed.append(judge.target(j, clean, True))
-            prov.append(TARGET)
-            break
-        clean = clean and ok
+    strict, m = judge.strict, len(drafts)
+    if not relaxed and not any(mask):  # the strict walk: commit up to the first rejection (same rules, fewer ops)
+        verdicts, probs, j = [], [], 0
+        while j < m:
+            ok, prob = strict(j, True)  # the block stays clean: every committed draft passed the strict rule
+            verdicts.append(ok)
+            probs.append(prob)
+            if not ok:
+                break
+            j += 1
+        committed = [*drafts[:j], judge.target(j, True, j < m)]
+        prov = [*_VERIFIED[:j], TARGET]
     else:
-        committed.append(judge.target(len(drafts), clean, False))
-        prov.append(TARGET)
+        committed, prov, verdicts, probs = _walk_lossy(drafts, mask, judge, relaxed)
     walked, cut = len(committed), False
-    if eos:
+    if eos and (not eos.isdisjoint(committed) if isinstance(eos, frozenset | set) else True):
         for i, t in enumerate(committed):
             if t in eos:  # nothing after an EOS is committed
                 committed, prov, cut = committed[: i + 1], prov[: i + 1], True
                 break
-    accepted = sum(1 for p in prov if p != TARGET)
-    return Block(tuple(committed), tuple(prov), tuple(verdicts), tuple(probs), accepted, walked, cut)
+    accepted = len(prov) - (prov[-1] == TARGET)  # only the last token can be the target's
+    block = _new(Block)  # = Block(...), without the frozen __init__
+    fields = block.__dict__
+    fields["committed"], fields["provenance"] = tuple(committed), tuple(prov)
+    fields["verdicts"], fields["accept_prob"] = tuple(verdicts), tuple(probs)
+    fields["accepted"], fields["walked"], fields["eos"] = accepted, walked, cut
+    return block

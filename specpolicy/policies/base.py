@@ -21,7 +21,11 @@ import enum
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from operator import add as _add
 from typing import Any, ClassVar
+
+_new = object.__new__  # the step's hot path builds frozen records without __init__, filling their __dict__
+_ONES = (1,) * 4096  # map(_add, counts, _ONES): every count + 1 (a block never holds 4096 drafts)
 
 
 class ActionKind(enum.Enum):
@@ -80,18 +84,21 @@ class AcceptanceStats:
             >>> AcceptanceStats((2,), (1,)).updated(StepOutcome(2, 1, (False, False), (True, False), 2))
             AcceptanceStats(attempted=(3, 1), accepted=(2, 0))
         """
-        verdicts = outcome.verdicts
-        n, have = len(verdicts), len(self.attempted)
-        att, acc = list(self.attempted), list(self.accepted)
-        if n > have:
-            att += [0] * (n - have)
-            acc += [0] * (n - have)
-        for j in range(n):
-            att[j] += 1
-            if verdicts[j]:
-                acc[j] += 1
-        new = object.__new__(AcceptanceStats)  # the step's hot path: no __init__, fields set directly
-        new.__dict__.update(attempted=tuple(att), accepted=tuple(acc))
+        return self._plus(outcome.verdicts)
+
+    def _plus(self, verdicts: tuple[bool, ...]) -> AcceptanceStats:
+        """``updated`` from the step's verdicts alone (the step's hot path: no ``__init__``, C-level maps)."""
+        n = len(verdicts)
+        if not n:
+            return self  # nothing walked: the same (immutable) counts
+        att, acc = self.attempted, self.accepted
+        if n > len(att):
+            pad = (0,) * (n - len(att))
+            att, acc = att + pad, acc + pad
+        new = _new(AcceptanceStats)
+        fields = new.__dict__
+        fields["attempted"] = (*map(_add, att[:n], _ONES), *att[n:])
+        fields["accepted"] = (*map(_add, acc[:n], map(bool, verdicts)), *acc[n:])
         return new
 
 
@@ -151,7 +158,7 @@ class StepState:
         """
         new = _new(StepState)
         fields = new.__dict__
-        fields.update(_BLANK_STATE)
+        fields.update(_BLANK_STATE)  # (a dict filled by update reads faster than one filled key by key)
         fields["step"], fields["position"], fields["budget"] = step, position, budget
         fields["stats"], fields["last_accepted"], fields["native_depths"] = stats, last_accepted, native_depths
         return new
@@ -163,7 +170,6 @@ class StepState:
         return self.native_depths
 
 
-_new = object.__new__
 _BLANK_STATE = dict(StepState().__dict__)  # every field at its default, in field order
 _state_init = StepState.__init__
 _OLD_SLOT = 7  # num_mtp_layers sat after budget; stats and last_accepted followed it
@@ -206,8 +212,9 @@ class StepOutcome:
             True
         """
         new = _new(StepOutcome)
-        new.__dict__.update(drafted=drafted, accepted=accepted, trusted=trusted, verdicts=verdicts,
-                            committed=committed, draft_s=draft_s, verify_s=verify_s)
+        fields = new.__dict__
+        fields["drafted"], fields["accepted"], fields["trusted"], fields["verdicts"] = drafted, accepted, trusted, verdicts
+        fields["committed"], fields["draft_s"], fields["verify_s"] = committed, draft_s, verify_s
         return new
 
 

@@ -45,6 +45,9 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
+
+import numpy as np
 
 from specpolicy.decoding.acceptance import PFeatures, relaxed_rule
 from specpolicy.decoding.step import RELAXED, TRUSTED, draft_phase, trust_mask, walk
@@ -120,85 +123,109 @@ class ReplayResult:
 
 
 _OK, _NO = (True, 1.0), (False, 0.0)  # greedy verdicts: (accepted, acceptance probability)
+_VERDICT = (_NO, _OK).__getitem__  # bool -> verdict
+_TABLES: WeakKeyDictionary = WeakKeyDictionary()  # trace -> (trace.rows it was built from, per-prompt row tables)
 
 
-class _TraceRow:
-    """One prompt of the trace, at one row n at a time (``at(n)``): ``next_draft`` reads the drafted chain, and the
-    judge's verdicts come from it. The target's token at chain position j is the recorded ``tokens[n + 1 + j]``
-    while the block is ``clean`` (every committed draft right), and ``target_chain[n, j]`` once a wrong draft was
-    committed (trusted/relaxed): that one target forward over the whole chain is what the decoder's verify forward
-    computes for the block."""
+def _row_tables(trace: Trace) -> list[list[tuple]]:
+    """Per prompt i, per row n: what one step at row n reads, looked up once per trace (``trace.rows`` rebuilt means
+    rebuilt): ``(next_draft, strict verdicts on the clean block, on the chain, the target's tokens on the clean
+    block, on the chain, the p features)``. ``next_draft(j)`` is ``(d_j, q, H, margin)`` or None where no draft was
+    recorded; the clean block's target token at position j is ``tokens[n + 1 + j]``, the chain's ``target_chain[n,
+    j]`` (``_Judge``)."""
+    rows = trace.rows
+    cached = _TABLES.get(trace)
+    if cached is not None and cached[0] is rows:
+        return cached[1]
+    P, N, K = trace.n_prompts, trace.max_new_tokens, trace.k_max
+    after = np.minimum(np.arange(N - 1)[:, None] + np.arange(1, K + 1)[None, :], N - 1)  # [N-1, K]: n + 1 + j
+    clean_ok = (trace.draft == trace.tokens[:, after]).tolist()  # [P, N-1, K]; read only where n + 1 + j < N
+    chain_ok = (trace.draft == trace.target_chain[:, :, :K]).tolist()
+    tables = []
+    for i in range(P):
+        toks, D, Q, E, M, C = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin", "target_chain"))
+        pf = [rows[k][i] for k in PFeatures._fields]
+        table = []
+        for n in range(N - 1):
+            feats = [None, *zip(D[n], Q[n], E[n], M[n])]
+            if min(D[n], default=0) < 0:
+                feats = [f if f is None or f[0] >= 0 else None for f in feats]
+            table.append((feats.__getitem__, tuple(map(_VERDICT, clean_ok[i][n])), tuple(map(_VERDICT, chain_ok[i][n])),
+                          toks[n + 1 : n + 2 + K], C[n], tuple(f[n] for f in pf)))
+        tables.append(table)
+    _TABLES[trace] = (rows, tables)
+    return tables
 
-    __slots__ = ("toks", "D", "Q", "E", "M", "chains", "features", "rule", "n", "drafts", "q", "h", "mg", "chain")
 
-    def __init__(self, rows: dict, i: int, rule):
-        self.toks, self.D, self.Q, self.E, self.M = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin"))
-        self.chains, self.features = rows["target_chain"][i], [rows[k][i] for k in PFeatures._fields]
-        self.rule = rule
+class _Judge:
+    """The judge of one prompt's step at row n (``at``: a row of ``_row_tables``). The target's token at chain position
+    j is the recorded ``tokens[n + 1 + j]`` while the block is ``clean`` (every committed draft right), and
+    ``target_chain[n, j]`` once a wrong draft was committed (trusted/relaxed): that one target forward over the whole
+    chain is what the decoder's verify forward computes for the block."""
 
-    def at(self, n: int) -> None:
-        self.n, self.drafts, self.q, self.h, self.mg = n, self.D[n], self.Q[n], self.E[n], self.M[n]
-        self.chain = self.chains[n]
+    __slots__ = ("ok_clean", "ok_chain", "t_clean", "t_chain", "pf", "accept")
 
-    def next_draft(self, j: int):
-        """Depth j -> (d_j, q(d_j), H, margin) at row n, or None where no draft was recorded."""
-        i = j - 1
-        d = self.drafts[i]
-        return (d, self.q[i], self.h[i], self.mg[i]) if d >= 0 else None
+    def __init__(self, rule):
+        self.accept = rule.accept_features if rule is not None else None
 
     def strict(self, j: int, clean: bool) -> tuple[bool, float]:
-        return _OK if self.drafts[j] == (self.toks[self.n + 1 + j] if clean else self.chain[j]) else _NO
+        return self.ok_clean[j] if clean else self.ok_chain[j]
 
     def relaxed(self, j: int) -> bool:
-        n = self.n
-        return self.rule.accept_features(PFeatures(*(f[n][j] for f in self.features)))
+        pd, pr, pt, pe = self.pf
+        return self.accept(PFeatures(pd[j], pr[j], pt[j], pe[j]))
 
     def target(self, j: int, clean: bool, rejected: bool) -> int:
-        return self.toks[self.n + 1 + j] if clean else self.chain[j]
+        return self.t_clean[j] if clean else self.t_chain[j]
 
 
-def _replay_prompt(policy: Policy, rows: dict, i: int, max_new: int, max_draft: int, k_trace: int,
+def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: int, max_draft: int, k_trace: int,
                    native_depths: int, eos: frozenset, step_cost: list[float]) -> PromptReplay:
-    rule = relaxed_rule(policy.acceptance)
-    row = _TraceRow(rows, i, rule)
-    next_draft, relaxed, observe, start_state = row.next_draft, rule is not None, policy.observe, StepState.at_step
+    judge, relaxed, start_state = _Judge(rule), rule is not None, StepState.at_step
+    observe = policy.observe
+    if getattr(observe, "__func__", None) is Policy.observe:
+        observe = None  # the hook does nothing: no StepOutcome to build
     policy.reset()
     stats, last_accepted = AcceptanceStats(), -1
     new, steps, drafted, acc_total, trusted_n, relaxed_n, rejects, capped = 1, 0, 0, 0, 0, 0, 0, 0
     hist = [0] * (max_draft + 1)
     time_s, t_mtp = 0.0, step_cost[-1]
-    finished = row.toks[0] in eos
+    draft_s = [m * t_mtp for m in range(max_draft + 1)]
+    verify_s = [step_cost[m] - m * t_mtp for m in range(max_draft + 1)]
+    full = max_draft if max_draft == k_trace else -1  # a step with m == full drafted the trace's whole depth
+    finished = t0 in eos
     while new < max_new and not finished:
-        row.at(new - 1)
+        next_draft, judge.ok_clean, judge.ok_chain, judge.t_clean, judge.t_chain, judge.pf = table[new - 1]
         left = max_new - new - 1
-        state = start_state(steps, new, left if left < max_draft else max_draft, stats, last_accepted,
-                             native_depths)
-        state, action = draft_phase(policy, state, next_draft)
+        state, action = draft_phase(policy, start_state(steps, new, left if left < max_draft else max_draft, stats,
+                                                        last_accepted, native_depths), next_draft)
         m = len(state.drafts)
         mask = trust_mask(action, m)
-        if m == max_draft == k_trace and left > m:
+        if m == full and left > m:
             capped += 1  # drafted the trace's full depth with token budget to spare: a deeper trace might go on
-        block = walk(state.drafts, mask, row, relaxed, eos)
+        block = walk(state.drafts, mask, judge, relaxed, eos)
         finished = block.eos
         accepted = block.accepted
         if accepted and (relaxed or action.kind is _TRUST):  # lossy tokens can only come from these
-            for c in range(accepted):
-                kind = block.provenance[c]
-                if kind == TRUSTED or kind == RELAXED:
-                    trusted_n += kind == TRUSTED
-                    relaxed_n += kind == RELAXED
-                    rejects += not block.verdicts[c]
+            prov = block.provenance
+            if TRUSTED in prov or RELAXED in prov:
+                for c in range(accepted):
+                    kind = prov[c]
+                    if kind == TRUSTED or kind == RELAXED:
+                        trusted_n += kind == TRUSTED
+                        relaxed_n += kind == RELAXED
+                        rejects += not block.verdicts[c]
         steps += 1
         drafted += m
         acc_total += accepted
         hist[accepted] += 1
-        cost = step_cost[m]
-        time_s += cost
+        time_s += step_cost[m]
         committed = len(block.committed)
         new += committed
-        outcome = StepOutcome.of(m, accepted, mask, block.verdicts, committed, m * t_mtp, cost - m * t_mtp)
-        observe(outcome)
-        stats, last_accepted = stats.updated(outcome), accepted
+        verdicts = block.verdicts
+        if observe is not None:
+            observe(StepOutcome.of(m, accepted, mask, verdicts, committed, draft_s[m], verify_s[m]))
+        stats, last_accepted = stats._plus(verdicts), accepted  # = stats.updated(outcome)
     return PromptReplay(
         new_tokens=new, steps=steps, drafted=drafted, accepted=acc_total, trusted_tokens=trusted_n,
         relaxed_tokens=relaxed_n, shadow_rejects=rejects, accepted_hist=tuple(hist), accept_reached=stats.attempted,
@@ -241,9 +268,10 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
         raise ReplayError(f"max_draft={max_draft!r} is invalid; allowed: 0 <= max_draft <= {K} (the trace's probe "
                           "depth; record a deeper trace for more)")
     step_cost = [trace.cost.step_s(m) for m in range(max_draft + 1)] + [trace.cost.t_mtp]  # [-1]: one draft
-    rows, eos = trace.rows, trace.eos_ids
-    prompts = tuple(_replay_prompt(policy, rows, i, max_new, max_draft, K, trace.native_depths, eos, step_cost)
-                    for i in range(trace.n_prompts))
+    tables, t0, eos = _row_tables(trace), trace.rows["tokens"], trace.eos_ids
+    rule = relaxed_rule(policy.acceptance)
+    prompts = tuple(_replay_prompt(policy, tables[i], t0[i][0], rule, max_new, max_draft, K, trace.native_depths, eos,
+                                   step_cost) for i in range(trace.n_prompts))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
     summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft,
                    dtype=trace.dtype)
@@ -315,15 +343,16 @@ def summarise_prompts(prompts, lossless: bool = True, relaxed: bool = False) -> 
 
 def replay_speed(trace: Trace, names=None, reps: int = 3) -> dict:
     """Seconds to replay each policy (registered names, defaults; all by default) over the whole trace in this
-    process: the median of ``reps`` runs, microseconds per policy step and policy steps per second. A benchmark, not a
-    test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``)."""
+    process: the median of ``reps`` runs, microseconds per policy step and policy steps per second. ``rows_s``: the
+    one-off conversion of the trace to Python lists and per-row lookup tables, which every later replay of the same
+    trace reuses. A benchmark, not a test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``)."""
     import statistics
     import time
 
     from specpolicy.policies import list_policies
 
     t0 = time.perf_counter()
-    trace.rows  # noqa: B018 - the one-off list conversion, timed separately
+    _row_tables(trace)  # the one-off list conversion and lookup tables, timed separately
     out = {"rows_s": time.perf_counter() - t0, "prompts": trace.n_prompts, "tokens": trace.max_new_tokens,
            "reps": reps, "policies": {}}
     for name in names or list_policies():
