@@ -23,7 +23,10 @@ Acceptance estimate at depth j (conditional on d_1..d_{j-1} accepted), from two 
 
     r_j = (accepted_j + prior_accept * prior_n) / (attempted_j + prior_n)     a Beta(prior_accept * prior_n,
           (1 - prior_accept) * prior_n) prior per depth, updated by this generation's counts (``StepState.stats``,
-          which the step core updates after every ``observe``, identically in the decoder and the replay);
+          which the step core updates after every ``observe``, identically in the decoder and the replay),
+          raised to its upper confidence bound  min(1, r_j + explore * sqrt(r_j (1 - r_j) / (attempted_j + prior_n)))
+          (optimism in the face of uncertainty: counts only grow at depths the policy drafts, so without the bonus,
+          ``explore=0``, a prior below the real acceptance can stop drafting for the whole generation);
     a_j = weight * c_j ** gamma + (1 - weight) * r_j         for a drafted d_j with confidence c_j;
     a_{m+h} = weight * c_m ** gamma + (1 - weight) * r_{m+h}  for depths not drafted yet (the last confidence
           stands in for the next ones; at m = 0 there is none and a_h = r_h).
@@ -95,7 +98,8 @@ class GoodputPolicy(Policy):
     name = "goodput"
 
     def __init__(self, step_cost=None, gamma: float = 1.0, weight: float = 0.9, prior_accept: float = 0.7,
-                 prior_n: float = 4.0, lookahead: int = 4, k_max: int = 8, tau_trust: float = 1.0) -> None:
+                 prior_n: float = 4.0, lookahead: int = 4, k_max: int = 8, tau_trust: float = 1.0,
+                 explore: float = 1.0) -> None:
         self.step_cost = _check_step_cost(step_cost)
         self.gamma = check_param(self.name, "gamma", gamma, 0.01, 100)
         self.weight = check_param(self.name, "weight", weight, 0, 1)
@@ -104,6 +108,7 @@ class GoodputPolicy(Policy):
         self.lookahead = check_param(self.name, "lookahead", lookahead, 1, MAX_DEPTH, integer=True)
         self.k_max = check_param(self.name, "k_max", k_max, 1, MAX_DEPTH, integer=True)
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
+        self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
 
     @property
@@ -126,8 +131,7 @@ class GoodputPolicy(Policy):
         """G(m + h) > G(m) for some h = 1..min(lookahead, limit - m) (module docstring)."""
         w, g, tau = self.weight, self.gamma, self.tau_trust
         conf, stats = state.confidence, state.stats
-        acc, att, n_seen = stats.accepted, stats.attempted, len(stats.attempted)
-        pa, pn, prior = self.prior_accept * self.prior_n, self.prior_n, self.prior_accept
+        rate = self._rates(stats.accepted, stats.attempted)
         p = e = 1.0
         trusting = tau < 1
         for j in range(m):  # E(m) over the drafts so far
@@ -136,31 +140,42 @@ class GoodputPolicy(Policy):
                 e += p  # a trusted draft is committed whatever its verdict: a_j = 1
                 continue
             trusting = False
-            r = (acc[j] + pa) / (att[j] + pn) if j < n_seen else prior
-            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * r
+            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * rate(j)
             e += p
         t = self._t
         ratio_e, ratio_t = e, t[m]  # G(m) = ratio_e / ratio_t
         last = w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0
         for j in range(m, min(m + self.lookahead, limit)):  # depth j+1, not drafted yet
-            r = (acc[j] + pa) / (att[j] + pn) if j < n_seen else prior
+            r = rate(j)
             p *= (last + (1.0 - w) * r) if m else r
             e += p
             if e * ratio_t > ratio_e * t[j + 1]:
                 return True
         return False
 
+    def _rates(self, acc, att):
+        """r_j (0-based j) with its exploration bonus, from this generation's counts (module docstring)."""
+        pa, pn, explore, n_seen = self.prior_accept * self.prior_n, self.prior_n, self.explore, len(att)
+
+        def rate(j: int) -> float:
+            n = att[j] + pn if j < n_seen else pn
+            r = ((acc[j] if j < n_seen else 0) + pa) / n
+            return min(1.0, r + explore * math.sqrt(r * (1.0 - r) / n)) if explore else r
+
+        return rate
+
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
         """``gamma`` in [0.25, 4] (log), ``weight`` and ``prior_accept`` in [0, 1], ``prior_n`` in [0.5, 64] (log),
-        ``lookahead`` in 1..4, ``k_max`` in 1..16, ``tau_trust`` in [0.5, 1]. ``step_cost`` is measured, not tuned.
+        ``lookahead`` in 1..4, ``k_max`` in 1..16, ``tau_trust`` in [0.5, 1], ``explore`` in [0, 3]. ``step_cost`` is
+        measured, not tuned.
 
         To tune the lossless variant only, pin ``tau_trust=1`` (``optuna.samplers.PartialFixedSampler``).
 
         Example:
             >>> import optuna
             >>> point = {"gamma": 1.0, "weight": 0.9, "prior_accept": 0.7, "prior_n": 4.0, "lookahead": 4,
-            ...          "k_max": 8, "tau_trust": 1.0}
+            ...          "k_max": 8, "tau_trust": 1.0, "explore": 1.0}
             >>> GoodputPolicy.search_space(optuna.trial.FixedTrial(point)) == point
             True
         """
@@ -172,6 +187,7 @@ class GoodputPolicy(Policy):
             "lookahead": trial.suggest_int("lookahead", 1, 4),
             "k_max": trial.suggest_int("k_max", 1, MAX_DEPTH),
             "tau_trust": trial.suggest_float("tau_trust", 0.5, 1.0),
+            "explore": trial.suggest_float("explore", 0.0, 3.0),
         }
 
 

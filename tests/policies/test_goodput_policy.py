@@ -34,8 +34,10 @@ def oracle(p: GoodputPolicy, state: StepState) -> ActionKind:
     limit = min(p.k_max, state.budget)
     stats = state.stats
 
-    def r(j):  # Beta posterior mean at depth j (1-based)
-        return stats.rate(j, p.prior_accept, p.prior_n)
+    def r(j):  # Beta posterior mean at depth j (1-based), raised to its upper confidence bound
+        mean = stats.rate(j, p.prior_accept, p.prior_n)
+        n = (stats.attempted[j - 1] if j <= len(stats.attempted) else 0) + p.prior_n
+        return min(1.0, mean + p.explore * (mean * (1 - mean) / n) ** 0.5)
 
     trusted, a = True, []
     for j in range(1, m + 1):
@@ -63,6 +65,8 @@ def oracle(p: GoodputPolicy, state: StepState) -> ActionKind:
     {"step_cost": (1.0, 1.1, 1.25, 1.3, 2.4, 2.45), "lookahead": 3, "weight": 0.8, "gamma": 2.0},
     {"step_cost": (2.0, 2.2), "weight": 0.0, "prior_accept": 0.9, "prior_n": 2.0, "k_max": 5},
     {"step_cost": (1.0, 1.6, 1.7), "weight": 1.0, "gamma": 0.5, "tau_trust": 0.8, "lookahead": 2},
+    {"step_cost": (1.0, 1.3, 1.5), "weight": 0.5, "explore": 0.0},
+    {"step_cost": (1.0, 1.3, 1.5), "weight": 0.3, "explore": 2.5, "prior_accept": 0.4},
 ])
 def test_decisions_follow_the_goodput_rule(params):
     p, rng, kinds = GoodputPolicy(**params), np.random.default_rng(0), set()
@@ -161,3 +165,16 @@ def test_with_step_cost_reaches_a_calibrated_base():
     assert step_cost_missing(p.params())
     filled = with_step_cost(p, Linear())
     assert filled.base_policy.step_cost == (1.0, 1.3, 1.6) and not step_cost_missing(filled.params())
+
+
+def test_exploration_bonus_restarts_drafting_that_a_low_prior_would_stop_for_good():
+    """Counts only grow where the policy drafts: with explore=0 a prior below the real acceptance never drafts at
+    m = 0 (an absorbing state); the upper confidence bound drafts, and shrinks as attempts accumulate."""
+    from specpolicy.policies import AcceptanceStats
+
+    cost = (1.0, 1.7, 2.0, 2.3, 2.4)  # a = 0.6 at every depth: E(h) / T(h) <= 1 for h = 1..4
+    fresh = StepState(budget=8)
+    assert GoodputPolicy(step_cost=cost, prior_accept=0.6, explore=0.0).decide(fresh).kind is ActionKind.VERIFY
+    assert GoodputPolicy(step_cost=cost, prior_accept=0.6, explore=1.0).decide(fresh).kind is ActionKind.EXTEND
+    poor = StepState(budget=8, stats=AcceptanceStats(accepted=(10,), attempted=(100,)))  # 10% accepted at depth 1
+    assert GoodputPolicy(step_cost=cost, prior_accept=0.6, explore=1.0).decide(poor).kind is ActionKind.VERIFY
