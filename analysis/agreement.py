@@ -56,7 +56,7 @@ def agreement_frame(results: Results) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    out["family"] = [str(p).split(":")[0] if s == "replay_report" else "tuned trial"
+    out["family"] = [str(p).split(":")[0].split("(")[0] if s == "replay_report" else "tuned trial"  # policy name
                      for p, s in zip(out["policy"], out["source"])]
     out["lossless"] = out["lossless"].astype(bool)
     return out
@@ -154,8 +154,8 @@ def cost_figure(results: Results) -> Drawn:
     if len(speed) and speed["real_speedup_wall"].notna().any():
         x, y = speed["real_speedup_modelled"].to_numpy(float), speed["real_speedup_wall"].to_numpy(float)
         colors = colors_for(speed["family"])
-        for (_, r), xi, yi in zip(speed.iterrows(), x, y):
-            ax.scatter(xi, yi, s=22, color=colors[r["family"]], label=r["family"], zorder=3)
+        for f, xi, yi in zip(speed["family"], x, y):
+            ax.scatter(xi, yi, s=22, color=colors[f], label=f, zorder=3)
         lo, hi = np.nanmin(np.r_[x, y]) * 0.9, np.nanmax(np.r_[x, y]) * 1.1
         grid = np.linspace(lo, hi, 2)
         ax.plot(grid, grid, ls=":", color="0.4", lw=1, label="prediction = measured")
@@ -163,7 +163,7 @@ def cost_figure(results: Results) -> Drawn:
     else:
         note(ax, "no replay_report.csv with wall-clock speedups")
     ax.set(xlabel="predicted speedup (cost model)", ylabel="measured speedup\n(wall clock vs ar)")
-    legend_below(fig, ncol=3)
+    legend_below(fig, ncol=4)
     fig.tight_layout()
     caption = ("Left: cost of a target forward over m tokens relative to one token, measured by experiments.bench "
                "(medians of interleaved repeats) and as stored in the trace's cost model used by replay and tuning. "

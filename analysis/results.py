@@ -93,6 +93,15 @@ def _kind(d: Path) -> str | None:
     return None
 
 
+def _shown(d: Path) -> Path:
+    """``d`` relative to the working directory when it lies below it (captions name ``runs/...``, not a machine's
+    absolute path), else as given."""
+    try:
+        return d.resolve().relative_to(Path.cwd().resolve()) if d.is_absolute() else d
+    except ValueError:
+        return d
+
+
 def find_results(paths) -> Results:
     """Every results directory at or below each of ``paths``, by kind (hidden folders such as .hydra skipped).
 
@@ -115,7 +124,7 @@ def find_results(paths) -> Results:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             kind = _kind(Path(root))
             if kind is not None:
-                getattr(out, kind).append(Path(root))
+                getattr(out, kind).append(_shown(Path(root)))
                 found += 1
         if not found:
             raise ResultsError(f"{p} holds no results; allowed: {ALLOWED}")
