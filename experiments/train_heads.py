@@ -64,6 +64,8 @@ class TrainHeadsConfig:
     min_lr_ratio: float = 1.0  # the same way) or cosine decay to lr * min_lr_ratio at ``steps`` (< 1)
     warmup_steps: int = 20
     weight_decay: float = 0.0
+    init_from: str = ""  # a heads directory (config.json + heads.safetensors) to start from, e.g. the shipped ones
+    distill: float = 0.0  # weight of the soft labels (the target's full next-token distribution), 0..1; 0: greedy only
     ckpt_every: int = 50
     eval_prompts: int = 64  # test-split prompts for the agreement figures
     decode_prompts: int = 16  # test-split prompts decoded with generate(.., "fixed", k=decode_k)
@@ -101,6 +103,10 @@ def plan_of(cfg: DictConfig) -> TrainHeadsConfig:
                         f"num_heads + 2 = {c.num_heads + 2}")
     if not c.lr > 0:
         raise UserError(f"lr={c.lr} is invalid; allowed: > 0")
+    if not 0 <= c.distill <= 1:
+        raise UserError(f"distill={c.distill} is invalid; allowed: 0 <= distill <= 1")
+    if c.distill and c.text_windows:
+        raise UserError("distill > 0 needs greedy-continuation rows only; allowed: distill=0 with text_windows > 0")
     if not 0 <= c.min_lr_ratio <= 1:
         raise UserError(f"min_lr_ratio={c.min_lr_ratio} is invalid; allowed: 0 <= min_lr_ratio <= 1")
     if c.install and c.model.path != "tiny":
@@ -217,7 +223,7 @@ def settings_key(c: TrainHeadsConfig) -> dict:
     """What a checkpoint must share with the command that resumes it (``steps`` and the outputs may change)."""
     keep = ("num_heads", "num_layers", "n_prompts", "text_windows", "text_tokens", "prompt_tokens", "new_tokens",
             "batch_rows", "lr", "min_lr_ratio", "warmup_steps",
-            "weight_decay", "seed")
+            "weight_decay", "seed") + tuple(k for k in ("distill", "init_from") if getattr(c, k))
     return {"model": str(c.model.path), **{k: getattr(c, k) for k in keep}}
 
 
@@ -241,17 +247,23 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
     """Train the heads (resuming from ``run_dir/ckpt.pt``); returns (heads, train info)."""
     from tqdm.auto import tqdm
 
-    from specpolicy.models.medusa import MedusaHeads, medusa_loss
+    from specpolicy.models.medusa import MedusaHeads, load_medusa_heads, medusa_loss, soft_targets
 
     lm_head = model.target.get_output_embeddings()
     V, H = lm_head.weight.shape
     torch.manual_seed(c.seed)
     heads = MedusaHeads(H, V, c.num_heads, c.num_layers).to(model.device)
+    if c.init_from:
+        start = load_medusa_heads(model.target, "", c.init_from, model.device, torch.float32)
+        if (start.num_heads, start.num_layers) != (c.num_heads, c.num_layers):
+            raise UserError(f"init_from={c.init_from!r} has {start.num_heads} heads x {start.num_layers} blocks; "
+                            f"allowed: heads with num_heads={c.num_heads} and num_layers={c.num_layers}")
+        heads.load_state_dict(start.state_dict())
     opt = torch.optim.AdamW(heads.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     gen = torch.Generator().manual_seed(c.seed)
     ckpt, step, history, elapsed0 = run_dir / "ckpt.pt", 0, [], 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=model.device, weights_only=False)
+        state = torch.load(ckpt, map_location=model.device, weights_only=True)
         if state["settings"] != settings_key(c):
             raise UserError(f"{ckpt} was written with other settings ({state['settings']}); allowed: the same "
                             "settings to resume (steps may grow), or a new hydra.run.dir")
@@ -279,7 +291,8 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, c)
         idx = torch.randint(0, h.shape[0], (c.batch_rows,), generator=gen).to(h.device)
-        losses = medusa_loss(heads, lm_head, h[idx].float(), labels[:, idx])
+        soft = soft_targets(lm_head, h, idx, c.num_heads) if c.distill else None
+        losses = medusa_loss(heads, lm_head, h[idx].float(), labels[:, idx], soft, c.distill)
         loss = torch.stack(losses).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

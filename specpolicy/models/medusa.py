@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["MedusaHeads", "greedy_rows", "head_for_depth", "load_medusa_heads", "medusa_agreement", "medusa_labels",
-           "medusa_loss", "save_medusa_heads", "text_rows"]
+           "medusa_loss", "save_medusa_heads", "soft_targets", "text_rows"]
 
 WEIGHTS, CONFIG = "heads.safetensors", "config.json"
 FORMAT = "specpolicy-medusa-1"
@@ -97,12 +97,39 @@ def medusa_labels(seqs: torch.Tensor, num_heads: int, start: int) -> torch.Tenso
     return labels
 
 
-def medusa_loss(heads: MedusaHeads, lm_head: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """Mean CE per head. h: [N, H] hidden-state rows, labels: [K, N] (-100 ignored) -> list of K scalars."""
+def medusa_loss(heads: MedusaHeads, lm_head: nn.Module, h: torch.Tensor, labels: torch.Tensor,
+                soft: list[torch.Tensor] | None = None, distill: float = 0.0) -> list[torch.Tensor]:
+    """Mean loss per head over the labelled rows. h: [N, H] hidden-state rows, labels: [K, N] (-100 ignored) -> list
+    of K scalars: the CE against the greedy label, or with ``soft`` (per head, the target's own next-token
+    distribution [N, V] whose argmax is that label) ``(1 - distill) * CE(label) + distill * CE(soft)`` (Medusa-2's
+    self-distillation: the full distribution, not only its argmax).
+
+    >>> losses = medusa_loss(heads, lm_head, h, labels)                       # hard labels only
+    """
     out = []
     for k, logits in enumerate(heads(h, lm_head)):  # logits [N, V]
-        out.append(F.cross_entropy(logits.float(), labels[k], ignore_index=-100))
+        hard = F.cross_entropy(logits.float(), labels[k], ignore_index=-100)
+        if soft is None or distill == 0:
+            out.append(hard)
+            continue
+        ok = labels[k] != -100
+        per_row = F.cross_entropy(logits.float(), soft[k], reduction="none")
+        out.append((1 - distill) * hard + distill * per_row[ok].sum() / ok.sum().clamp(min=1))
     return out
+
+
+@torch.no_grad()
+def soft_targets(lm_head: nn.Module, h: torch.Tensor, idx: torch.Tensor, num_heads: int) -> list[torch.Tensor]:
+    """The target's next-token distributions for rows ``idx`` of greedy-continuation rows h [N, H] (rows of one
+    sequence consecutive, as ``greedy_rows`` keeps them): head k (1-based) at row r learns ``softmax(lm_head(h[r +
+    k]))``, the target's distribution of the token its label is the argmax of (rows past N are clamped; they only
+    occur where the label is -100 and are masked by ``medusa_loss``).
+
+    >>> soft = soft_targets(lm_head, h, idx, 4)                               # 4 tensors [len(idx), V]
+    """
+    n = h.shape[0]
+    return [F.softmax(lm_head(h[(idx + k).clamp(max=n - 1)].to(lm_head.weight.dtype)).float(), dim=-1)
+            for k in range(1, num_heads + 1)]
 
 
 @torch.no_grad()
