@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EXAMPLES = dict(re.findall(r"<!-- readme-example: (\w+) -->\n```python\n(.*?)```", README.read_text(), re.S))
@@ -22,7 +21,6 @@ def test_the_examples_are_there_and_short():
 
 @pytest.mark.parametrize("name", ["policy", "drafter"])
 def test_readme_example_runs(name, capsys):
-    torch.set_num_threads(2)
     namespace = {"__name__": f"readme_{name}"}
     exec(compile(EXAMPLES[name], f"README.md:{name}", "exec"), namespace)
     printed = capsys.readouterr().out

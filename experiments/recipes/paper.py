@@ -14,7 +14,8 @@ elapsed time. ``ROOT`` is ``$PAPER_OUT`` or ``--out`` (default: the repository; 
 Figures go to ``ROOT/paper/figures``, generated LaTeX to ``ROOT/paper/generated``.
 
 Sizes (``SIZES``): ``full`` is budgeted at about 38 minutes plus TeX on 2 cores (small runs measured and scaled
-linearly in prompts x tokens); ``QUICK`` is 2 prompts x 8 tokens everywhere, for the test suite.
+linearly in prompts x tokens); ``quick`` is 2 prompts x 8 tokens everywhere, for the test suite (its goodput run
+is given the nominal step cost instead of measuring one).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ STAGES = ("runs", "calibrate", "replay", "bench", "figures", "numbers")
 
 # Per mode: sizes of every job and its time budget in seconds (full: 2 idle cores, threads=1: faster than 2 there).
 SIZES = {
-    # quick: one run job of each kind (a drafter on each corpus, sampling, trust, relaxed, cost-aware), not all 14
+    # quick: one run job of each kind (a drafter on each corpus, sampling, trust, relaxed, cost-aware), not all 14;
+    # goodput gets the nominal step cost (specpolicy.policies.NOMINAL_STEP_COST) instead of measuring a cost model
     "quick": {"prompts": 2, "prompt_tokens": 16, "tokens": 8, "bootstrap": 50, "threads": 1, "figure": False,
               "run_subset": ("run_mtp_stdlib", "run_ngram_package", "run_mtp_sampling", "run_mtp_trust80",
-                             "run_mtp_typical", "run_mtp_goodput"),
+                             "run_mtp_typical", "run_mtp_goodput"), "goodput_step_cost": (1.0, 1.4),
               "cal_prompts": 4, "certify_tokens": 8, "vt_prompts": 6, "vt_splits": 10, "rec_prompts": 2,
               "probe_depth": 4, "cost_reps": 1, "trials": 2, "remeasure": 1, "rr_prompts": 1, "bench_prompts": 1,
               "repeats": 1, "cost_depth": 1, "budget": {"run": 10, "calibrate": 10, "validate_trust": 10,
@@ -77,8 +79,10 @@ def run_jobs(s: dict) -> list[tuple[str, str, list[str]]]:
     for tau in TAU_TRUST:
         jobs.append((f"run_mtp_trust{int(round(tau * 100))}", "run",
                      ["policy=threshold", f"policy.tau_trust={tau}", *common]))
+    cost = s.get("goodput_step_cost")  # None (full): the run measures its cost model
     for pol in ("typical", "topk_relaxed", "goodput"):
-        jobs.append((f"run_mtp_{pol}", "run", [f"policy={pol}", *common]))
+        given = [f"policy.step_cost=[{','.join(map(str, cost))}]"] if pol == "goodput" and cost else []
+        jobs.append((f"run_mtp_{pol}", "run", [f"policy={pol}", *given, *common]))
     subset = s.get("run_subset")
     return [j for j in jobs if j[0] in subset] if subset else jobs
 

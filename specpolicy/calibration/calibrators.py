@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, logit
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupShuffleSplit
+
+# sklearn is imported where a map is fitted or rows are split: loading or applying a calibrator does not need it
 
 _EPS = 1e-6  # q is clipped to [eps, 1 - eps] before logit: fp16 softmax gives q = 1.0 exactly
 FORMAT_VERSION = 1
@@ -192,6 +191,8 @@ class PlattCalibrator(Calibrator):
         y = np.concatenate([np.ones_like(label), np.zeros_like(label)])
         w = np.concatenate([label, 1 - label])
         keep = w > 0
+        from sklearn.linear_model import LogisticRegression
+
         lr = LogisticRegression(C=np.inf).fit(x[keep], y[keep], sample_weight=w[keep])
         return {"coef": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0])}
 
@@ -209,6 +210,8 @@ class IsotonicCalibrator(Calibrator):
     name = "isotonic"
 
     def _fit_map(self, conf, label):
+        from sklearn.isotonic import IsotonicRegression
+
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(conf, label)
         return {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
 
@@ -260,6 +263,8 @@ def split_by_prompt(df: pd.DataFrame, frac: float = 0.5, seed: int = 0) -> tuple
         raise ValueError(f"frac must be in (0, 1); got {frac}")
     if df["prompt_id"].nunique() < 2:
         raise ValueError("split_by_prompt needs at least two distinct prompt_id values")
+    from sklearn.model_selection import GroupShuffleSplit
+
     splitter = GroupShuffleSplit(n_splits=1, train_size=frac, random_state=seed)
     cal_idx, eval_idx = next(splitter.split(df, groups=df["prompt_id"].to_numpy()))
     return df.iloc[np.sort(cal_idx)], df.iloc[np.sort(eval_idx)]

@@ -15,15 +15,6 @@ from specpolicy.testing import greedy_accounting, hf_greedy, shape_model, small_
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 forwards are ~10x slower with OpenMP threads on a loaded 2-core machine (DESIGN: measuring)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def init_moe_drafter(model) -> None:
     """``build_mtp_model`` must initialise the MoE experts/router of the MTP layers (``MtpModel.__init__`` leaves them
     as ``torch.empty``; NaN / 1e38 were seen before the loader re-ran the target's initialiser on them)."""

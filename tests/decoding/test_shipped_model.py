@@ -15,7 +15,7 @@ LOSSLESS = [("ar", {})] + [("fixed", {"k": k}) for k in range(1, 7)] + [
 
 @pytest.fixture(scope="module")
 def shipped():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # the tests run on one thread (tests/conftest.py): the references too
     model = load_model("tiny")
     prompts = sample_prompts(load_corpus(), model.tokenizer, n=20, prompt_tokens=64, seed=7)
     refs = []

@@ -3,10 +3,10 @@ steps.parquet, ``install`` into the shipped directory, and ``experiments.run pol
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,33 @@ def _fake_run(run_dir: Path, n_prompts: int = 40, steps: int = 30, k: int = 4, m
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def clis(tmp_path_factory):
+    """The command-line runs of this file, started together two at a time (a fresh interpreter is mostly imports
+    and the apps run one thread: on the 2-core CI machine two take about the time of one). Yields the fake run
+    directory they read and name -> (future ``CompletedProcess``, results directory)."""
+    root = tmp_path_factory.mktemp("cli")
+    run = _fake_run(root / "fake_run")
+    jobs = {
+        "bad": ("experiments.calibrate", "alpha=1.5"),
+        "pipeline": ("experiments.calibrate", f"source={run}", "n_boot=20"),
+        "calibrated": ("experiments.run", "policy=calibrated", "policy.base=threshold",
+                       "policy.base_params={tau_trust: 0.9}", "data.n_prompts=2", "decode.max_new_tokens=16",
+                       "bootstrap=10", "figure=false", "nll=false"),
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield run, {name: (pool.submit(_cli, *args, f"hydra.run.dir={root / name}"), root / name)
+                    for name, args in jobs.items()}
+
+
+def test_bad_input_from_a_fresh_interpreter(clis):
+    """The real command line: one line on stderr and nothing else (no import-time warning, no traceback)."""
+    future, out_dir = clis[1]["bad"]
+    res = future.result()
+    assert res.returncode == 2 and res.stderr == "error: alpha=1.5 is invalid; allowed: 0 < alpha < 1\n", res.stderr
+    assert not out_dir.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -60,21 +87,28 @@ def _fake_run(run_dir: Path, n_prompts: int = 40, steps: int = 30, k: int = 4, m
         (["source={other}", "install=true"], "error: install=true ships calibrators for the embedded model, greedy"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message, capsys, monkeypatch):
+    """``python -m experiments.calibrate ARGS`` run in this process: ``main()`` checks before Hydra starts."""
+    import experiments.calibrate as calibrate
+
     (tmp_path / "empty").mkdir()
     _fake_run(tmp_path / "other", n_prompts=2, steps=2, model="/some/checkpoint")
     out_dir = tmp_path / "out"
     args = [a.format(empty=tmp_path / "empty", other=tmp_path / "other") for a in args]
-    res = _cli("experiments.calibrate", *args, f"hydra.run.dir={out_dir}")
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert res.stderr.count("\n") == 1 and message in res.stderr
+    monkeypatch.setattr(sys, "argv", [calibrate.__file__, *args, f"hydra.run.dir={out_dir}"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        calibrate.main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err[-2000:]
+    assert err.count("\n") == 1 and message in err
     assert not out_dir.exists()  # nothing left behind
 
 
-def test_pipeline_on_a_run_directory(tmp_path):
-    run = _fake_run(tmp_path / "run")
-    out_dir = tmp_path / "out"
-    res = _cli("experiments.calibrate", f"source={run}", "n_boot=20", f"hydra.run.dir={out_dir}")
+def test_pipeline_on_a_run_directory(clis):
+    run, started = clis
+    future, out_dir = started["pipeline"]
+    res = future.result()
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"results: {out_dir}" in res.stdout and "trust thresholds" in res.stdout
     report = json.loads((out_dir / "report.json").read_text())
@@ -123,23 +157,10 @@ def test_install_copies_the_calibrators_to_the_shipped_directory(tmp_path, monke
         assert shipped.to_dict() == load_calibrator(out_dir / "calibrators" / f"{name}.json").to_dict()
 
 
-def _calibrated_is_wired() -> bool:
-    """Does a fresh interpreter know ``calibrated`` after importing only the runner's imports (``specpolicy``)?"""
-    code = "import specpolicy.policies as p; print('calibrated' in p.list_policies())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    return out.stdout.strip() == "True"
-
-
-def test_run_with_the_calibrated_policy(tmp_path):
-    if importlib.util.find_spec("experiments.run") is None:
-        pytest.skip("experiments/run.py does not exist yet")
-    if not _calibrated_is_wired():
-        pytest.skip("specpolicy/__init__.py does not import specpolicy.calibration yet: 'calibrated' is unknown to "
-                    "the runner")
-    out_dir = tmp_path / "run"
-    res = _cli("experiments.run", "policy=calibrated", "policy.base=threshold", "policy.base_params={tau_trust: 0.9}",
-               "data.n_prompts=2", "decode.max_new_tokens=16", "bootstrap=10", "figure=false", "nll=false",
-               f"hydra.run.dir={out_dir}")
+def test_run_with_the_calibrated_policy(clis):
+    """A fresh interpreter knows ``calibrated`` (registered outside ``policies/``) and runs it end to end."""
+    future, out_dir = clis[1]["calibrated"]
+    res = future.result()
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out_dir / "summary.json").read_text())
     assert "calibrated" in summary["policies"]

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -130,49 +131,88 @@ def test_tune_bad_trace_or_storage_in_the_app(tmp_path, syn_path):
                           "study.storage=postgresql://nobody@127.0.0.1:1/none"), tmp_path)
 
 
-def test_tune_cli_error_is_one_line_and_leaves_nothing(tmp_path):
-    r = cli("experiments.tune", "policy=treshold", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert "unknown policy 'treshold'; did you mean 'threshold'?" in r.stderr
+def main_exit(app, argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """``python -m experiments.<app> ARGV`` run in this process (``app.main()``, which checks the command line
+    before Hydra creates anything): its exit code and what it printed on stderr."""
+    monkeypatch.setattr(sys, "argv", [app.__file__, *argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        app.main()
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_tune_cli_error_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import experiments.tune
+
+    code, err = main_exit(experiments.tune, ["policy=treshold", f"hydra.run.dir={tmp_path / 'run'}"], capsys,
+                          monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "unknown policy 'treshold'; did you mean 'threshold'?" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_tune_refuses_remeasuring_a_synthetic_trace(tmp_path, syn_path):
-    r = cli("experiments.tune", f"trace={syn_path}", f"hydra.run.dir={tmp_path / 'run'}")
+@pytest.fixture(scope="module")
+def clis(tmp_path_factory, syn_path):
+    """The command-line runs of this file, started together two at a time (a fresh interpreter is mostly imports
+    and the apps run one thread: on the 2-core CI machine two take about the time of one). Yields the directory
+    they write under and name -> future: ``CompletedProcess``, or for "record_tune" (record, then tune on its trace)."""
+    root = tmp_path_factory.mktemp("cli")
+
+    def record_then_tune():
+        rec = cli("experiments.record", "data.n_prompts=2", "max_new_tokens=10", "probe_depth=3", "cost_reps=2",
+                  f"hydra.run.dir={root / 'rec'}", "threads=1")
+        if rec.returncode != 0:
+            return rec, None
+        return rec, cli("experiments.tune", f"trace={root / 'rec' / 'trace.safetensors'}", "study.n_trials=6",
+                        "study.population_size=4", "study.remeasure_prompts=2", "study.remeasure_max=2", "threads=1",
+                        "study.fixed_params={tau_trust: 1.0}", f"hydra.run.dir={root / 'tune'}")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield root, {"record_tune": pool.submit(record_then_tune),
+                     "synthetic": pool.submit(cli, "experiments.tune", f"trace={syn_path}",
+                                              f"hydra.run.dir={root / 'synthetic'}"),
+                     "probe_depth": pool.submit(cli, "experiments.record", "probe_depth=0",
+                                                f"hydra.run.dir={root / 'probe_depth'}")}
+
+
+def test_tune_refuses_remeasuring_a_synthetic_trace(clis):
+    r = clis[1]["synthetic"].result()
     assert r.returncode == 2 and "synthetic" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_record_bad_input_is_one_line(tmp_path):
-    r = cli("experiments.record", "probe_depth=0", f"hydra.run.dir={tmp_path / 'run'}")
+def test_record_bad_input_is_one_line(tmp_path, capsys, monkeypatch, clis):
+    r = clis[1]["probe_depth"].result()  # a fresh interpreter
     assert r.returncode == 2 and r.stderr.strip() == "error: probe_depth=0 is invalid; allowed: 1 <= probe_depth <= 32"
-    r = cli("experiments.record", "model=tinny", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 2 and "did you mean 'tiny'" in r.stderr
+    assert not (clis[0] / "probe_depth").exists()
+    import experiments.record
+
+    code, err = main_exit(experiments.record, ["model=tinny", f"hydra.run.dir={tmp_path / 'run'}"], capsys,
+                          monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "did you mean 'tiny'" in err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_record_then_tune_with_remeasure_on_the_shipped_model(tmp_path):
+def test_record_then_tune_with_remeasure_on_the_shipped_model(tmp_path, clis):
     """The whole path on the embedded model: record a small trace, tune on it, re-measure the front for real."""
-    rec = cli("experiments.record", "data.n_prompts=2", "max_new_tokens=10", "probe_depth=3", "cost_reps=2",
-              f"hydra.run.dir={tmp_path / 'rec'}", "threads=1")
+    root, started = clis
+    rec, tune = started["record_tune"].result()
     assert rec.returncode == 0, rec.stderr
-    trace = load_trace(tmp_path / "rec" / "trace.safetensors")
+    trace = load_trace(root / "rec" / "trace.safetensors")
     assert trace.tokens.shape == (2, 10) and trace.draft.shape == (2, 9, 3)
     assert trace.meta["model"] == "tiny" and trace.meta["data"]["corpus_fingerprint"]
     assert len(trace.cost.t_target) == 4 and trace.cost.t_mtp > 0
-    tune = cli("experiments.tune", f"trace={tmp_path / 'rec' / 'trace.safetensors'}", "study.n_trials=6",
-               "study.population_size=4", "study.remeasure_prompts=2", "study.remeasure_max=2", "threads=1",
-               "study.fixed_params={tau_trust: 1.0}", f"hydra.run.dir={tmp_path / 'tune'}")
     assert tune.returncode == 0, tune.stderr
     assert "Pareto front" in tune.stdout and "re-measuring" in tune.stdout
-    front = pd.read_csv(tmp_path / "tune" / "pareto.csv")
+    front = pd.read_csv(root / "tune" / "pareto.csv")
     assert len(front) >= 1 and front["lossless"].all() and front["exact"].all()  # lossless: replay == real
     assert (front["replay_tpf"] == front["real_tpf"]).all()
-    assert (tmp_path / "tune" / "pareto.png").stat().st_size > 0
+    assert (root / "tune" / "pareto.png").stat().st_size > 0
     # the decode evaluator: real decoding per trial; for lossless trials it agrees with the replay exactly
-    dec = cli("experiments.tune", f"trace={tmp_path / 'rec' / 'trace.safetensors'}", "study.evaluator=decode",
-              "study.decode_prompts=2", "study.n_trials=2", "study.remeasure_prompts=0", "threads=1",
-              "study.fixed_params={tau_trust: 1.0}", f"hydra.run.dir={tmp_path / 'dec'}")
-    assert dec.returncode == 0, dec.stderr
+    # in this process (the command line is checked above; tests/conftest.py restores the threads execute() sets)
+    run_tune(tune_cfg(f"trace={root / 'rec' / 'trace.safetensors'}", "study.evaluator=decode",
+                      "study.decode_prompts=2", "study.n_trials=2", "study.remeasure_prompts=0", "threads=1",
+                      "study.fixed_params={tau_trust: 1.0}"), tmp_path / "dec")
     study = optuna.load_study(study_name="threshold-multi-speedup", storage=f"sqlite:///{tmp_path / 'dec' / 'study.db'}")
     for t in study.trials:
         s = replay("threshold", trace, **t.user_attrs["figures"]["policy_params"]).summary

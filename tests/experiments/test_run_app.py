@@ -1,9 +1,15 @@
 """`python -m experiments.run` end to end on the shipped tiny model (few short prompts): files, summary, console,
-baselines, lossless guarantees, sampling, and --multirun through the basic and joblib launchers."""
+baselines, lossless guarantees, sampling, and --multirun through the basic launcher (over the other drafters, one
+process shared by the drafter tests) and the joblib launcher.
+
+The basic-launcher runs (``RUNS``) start together when the first test needs one, two at a time: each is
+``threads=1``, so on the 2-core CI machine two run side by side in about the time of one.
+"""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -15,11 +21,32 @@ FILES = ("records.jsonl", "steps.jsonl", "steps.parquet", "summary.json", "envir
          "overview.png", ".hydra/config.yaml")
 FIGURES = ("tpf", "tokens_per_s", "speedup_vs_ar", "target_forwards", "mean_draft_len", "acceptance_by_depth",
            "lossy_token_rate", "lossy_error_rate", "exact_match_rate", "first_divergence", "target_nll")
+DRAFTERS = ("ngram", "medusa", "draft")
+RUNS = {  # name: the command line (without the results directory); "drafters" is one --multirun over DRAFTERS
+    "threshold": ("policy=threshold", *SMALL),
+    "fixed_k4": ("policy=fixed", "policy.k=4", *SMALL, "data.n_prompts=3", "decode.max_new_tokens=24",
+                 "figure=false"),
+    "sampling": ("decode=sampling", "decode.temperature=0.8", "policy.tau_trust=0.3", "policy.tau_extend=0.0", *SMALL,
+                 "figure=false"),
+    "drafters": ("--multirun", "policy=threshold", f"drafter={','.join(DRAFTERS)}", *SMALL, "figure=false"),
+}
 
 
-def test_threshold_run_writes_everything(tmp_path, ok):
-    out = tmp_path / "run"
-    proc = ok(run_app("policy=threshold", *SMALL, f"hydra.run.dir={out}"))
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """name -> (the run's future ``CompletedProcess``, its results directory); all started, two at a time."""
+    root = tmp_path_factory.mktemp("runs")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        started = {}
+        for name, args in RUNS.items():
+            where = f"hydra.sweep.dir={root / name}" if args[0] == "--multirun" else f"hydra.run.dir={root / name}"
+            started[name] = (pool.submit(run_app, *args, where), root / name)
+        yield started
+
+
+def test_threshold_run_writes_everything(runs, ok):
+    future, out = runs["threshold"]
+    proc = ok(future.result())
     for f in FILES:
         assert (out / f).is_file(), f
     recs = records(out)
@@ -60,10 +87,9 @@ def _assert_lossless(entry: dict, label: str) -> None:
     assert entry["first_divergence"]["value"] == entry["new_tokens"] / entry["n_prompts"], label
 
 
-def test_fixed_k4_is_lossless_and_decoded_once(tmp_path, ok):
-    out = tmp_path / "run"
-    ok(run_app("policy=fixed", "policy.k=4", *SMALL, "data.n_prompts=3", "decode.max_new_tokens=24", "figure=false",
-               f"hydra.run.dir={out}"))
+def test_fixed_k4_is_lossless_and_decoded_once(runs, ok):
+    future, out = runs["fixed_k4"]
+    ok(future.result())
     s = summary(out)
     assert list(s["policies"]) == ["ar", "fixed"]  # the fixed baseline is the policy itself: decoded once
     assert s["policies"]["fixed"]["params"] == {"k": 4} and s["policies"]["fixed"]["role"] == "policy"
@@ -71,10 +97,9 @@ def test_fixed_k4_is_lossless_and_decoded_once(tmp_path, ok):
         _assert_lossless(entry, label)
 
 
-def test_sampling_run_with_a_lossy_policy(tmp_path, ok):
-    out = tmp_path / "run"
-    ok(run_app("decode=sampling", "decode.temperature=0.8", "policy.tau_trust=0.3", "policy.tau_extend=0.0", *SMALL,
-               "figure=false", f"hydra.run.dir={out}"))
+def test_sampling_run_with_a_lossy_policy(runs, ok):
+    future, out = runs["sampling"]
+    ok(future.result())
     s = summary(out)
     assert "not expected" in s["reference_note"]  # sampled ar is one draw: exact match is no criterion here
     assert "temperature: 0.8" in (out / "config.yaml").read_text()
@@ -86,14 +111,14 @@ def test_sampling_run_with_a_lossy_policy(tmp_path, ok):
     assert all(r["stats"]["new_tokens"] > 0 for r in records(out))
 
 
-def test_multirun_basic_launcher(tmp_path, ok):
-    sweep = tmp_path / "sweep"
-    ok(run_app("--multirun", "policy=fixed,threshold", *SMALL, "data.n_prompts=3", "decode.max_new_tokens=24",
-               "figure=false", f"hydra.sweep.dir={sweep}"))
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_fixed", "1_threshold"]
-    assert list(summary(sweep / "0_fixed")["policies"]) == ["ar", "fixed"]
-    assert list(summary(sweep / "1_threshold")["policies"]) == ["ar", "fixed", "threshold"]
-    for job in ("0_fixed", "1_threshold"):
+def test_multirun_basic_launcher(runs, ok):
+    future, sweep = runs["drafters"]
+    ok(future.result())
+    jobs = [f"{i}_threshold" for i in range(len(DRAFTERS))]  # hydra.sweep.subdir: job number and policy name
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == jobs
+    for job, drafter in zip(jobs, DRAFTERS):
+        assert list(summary(sweep / job)["policies"]) == ["ar", "fixed", "threshold"]
+        assert json.loads((sweep / job / "environment.json").read_text())["drafter"] == drafter  # in sweep order
         for label, entry in summary(sweep / job)["policies"].items():
             _assert_lossless(entry, f"{job}/{label}")
 
@@ -109,11 +134,12 @@ def test_multirun_joblib_launcher(tmp_path, ok):
     assert summary(sweep / "1_fixed")["reference"] is None  # baselines=false and not ar itself: nothing paired
 
 
-@pytest.mark.parametrize("drafter", ["ngram", "medusa", "draft"])
-def test_run_with_another_drafter(tmp_path, ok, drafter):
+@pytest.mark.parametrize("drafter", DRAFTERS)
+def test_run_with_another_drafter(runs, ok, drafter):
     """drafter=... chooses the drafter of every arm; lossless arms still match ar; the drafter is recorded."""
-    out = tmp_path / "run"
-    ok(run_app("policy=threshold", f"drafter={drafter}", *SMALL, "figure=false", f"hydra.run.dir={out}"))
+    future, sweep = runs["drafters"]
+    ok(future.result())
+    out = sweep / f"{DRAFTERS.index(drafter)}_threshold"
     s = summary(out)
     assert s["policies"]["fixed"]["exact_match_rate"]["value"] == 1.0
     assert s["policies"]["threshold"]["exact_match_rate"]["value"] == 1.0

@@ -18,15 +18,18 @@ def _key(r: dict) -> tuple[str, str]:
     return r["prompt_id"], r["policy"]
 
 
+def _start(run_dir, log) -> subprocess.Popen:
+    """``experiments.run ARGS`` into ``run_dir`` in the background, its stdout and stderr into the file ``log``."""
+    with open(log, "w") as sink:
+        return subprocess.Popen([sys.executable, "-m", "experiments.run", *ARGS, f"hydra.run.dir={run_dir}"],
+                                cwd=REPO, env=app_env(), stdout=sink, stderr=subprocess.STDOUT)
+
+
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path, ok):
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    ok(run_app(*ARGS, f"hydra.run.dir={ref_dir}"))
-    reference = {_key(r): r["token_ids"] for r in records(ref_dir)}
-    assert len(reference) == 12
-
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *ARGS, f"hydra.run.dir={run_dir}"],
-                            cwd=REPO, env=app_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the uninterrupted reference runs beside the run that is killed and the refused one (threads=1 each)
+    ref, proc = _start(ref_dir, tmp_path / "ref.log"), _start(run_dir, tmp_path / "cut.log")
     path, deadline = run_dir / "records.jsonl", time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if path.exists() and path.read_bytes().count(b"\n") >= 3:
@@ -38,8 +41,19 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, ok):
     n_before = head.count(b"\n")
     assert 3 <= n_before < 12, f"killed with {n_before} records: not midway"
     assert not (run_dir / "summary.json").exists()
+
+    # resuming the killed directory with other settings is refused, and the records stay as they are
+    refused = run_app(*ARGS, "decode.max_new_tokens=8", f"hydra.run.dir={run_dir}")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr[-3000:]
+    assert "another configuration" in refused.stderr
+    assert path.read_bytes() == head
+
     with open(path, "ab") as f:  # and a torn line, as a write cut short would leave
         f.write(b'{"prompt_id": "torn", "policy": "ar", "token_i')
+    ref.wait(timeout=600)
+    assert ref.returncode == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    reference = {_key(r): r["token_ids"] for r in records(ref_dir)}
+    assert len(reference) == 12
 
     ok(run_app(*ARGS, f"hydra.run.dir={run_dir}"))
     resumed = records(run_dir)
@@ -48,9 +62,3 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, ok):
     assert {k: r["token_ids"] for k, r in zip(keys, resumed)} == reference
     assert path.read_bytes().startswith(head)  # finished lines are never rewritten
     assert summary(run_dir)["policies"]["threshold"]["n_prompts"] == 4
-
-    # resuming the same directory with other settings is refused, and the records stay as they are
-    before = (run_dir / "records.jsonl").read_bytes()
-    proc = run_app(*ARGS, "decode.max_new_tokens=8", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "another configuration" in proc.stderr
-    assert (run_dir / "records.jsonl").read_bytes() == before

@@ -19,7 +19,6 @@ N = 24
 
 @pytest.fixture(scope="module")
 def bf16():
-    torch.set_num_threads(2)
     model = load_model("tiny", dtype="bfloat16")
     prompts = sample_prompts(load_corpus(), model.tokenizer, n=2, prompt_tokens=48, seed=11)
     return model, [list(p.ids) for p in prompts]
