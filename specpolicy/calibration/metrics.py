@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 STRATEGIES = ("uniform", "quantile")
 REPORT_METRICS = ("ece_uniform", "ece_quantile", "mce", "brier", "log_loss", "auroc")
@@ -110,6 +109,8 @@ def brier(conf, label) -> float:
     conf, label = _arrays(conf, label)
     if not _is_binary(label):
         return float(np.mean((conf - label) ** 2))
+    from sklearn import metrics as skm  # imported here: the apps import this module at start-up
+
     return float(skm.brier_score_loss(label, conf, labels=[0, 1]))
 
 
@@ -126,6 +127,8 @@ def log_loss(conf, label, eps: float = 1e-7) -> float:
     conf = np.clip(conf, eps, 1 - eps)
     if not _is_binary(label):
         return float(-np.mean(label * np.log(conf) + (1 - label) * np.log1p(-conf)))
+    from sklearn import metrics as skm
+
     return float(skm.log_loss(label, conf, labels=[0, 1]))
 
 
@@ -141,6 +144,8 @@ def auroc(conf, label) -> float:
         raise ValueError("auroc needs 0/1 labels; got soft labels")
     if label.size == 0 or label.min() == label.max():
         return float("nan")
+    from sklearn import metrics as skm
+
     return float(skm.roc_auc_score(label, conf))
 
 

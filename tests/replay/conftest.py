@@ -23,14 +23,6 @@ def random_prompts(n: int, length: int = 12, seed: int = 0) -> list[list[int]]:
     return [torch.randint(2, VOCAB, (length,), generator=g).tolist() for _ in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.fixture(scope="session")
 def make_model():
     """``make_model(seed=0, eos_token_id=None)``: test modules here are not a package and cannot import conftest."""
