@@ -163,7 +163,7 @@ def cost_figure(results: Results) -> Drawn:
     else:
         note(ax, "no replay_report.csv with wall-clock speedups")
     ax.set(xlabel="predicted speedup (cost model)", ylabel="measured speedup\n(wall clock vs ar)")
-    legend_below(fig, ncol=4)
+    legend_below(fig, ncol=3)
     fig.tight_layout()
     caption = ("Left: cost of a target forward over m tokens relative to one token, measured by experiments.bench "
                "(medians of interleaved repeats) and as stored in the trace's cost model used by replay and tuning. "

@@ -20,6 +20,11 @@ def test_every_figure_from_every_kind(results_root, tmp_path):
     captions = json.loads((tmp_path / "captions.json").read_text())
     assert "ROCm/ATOM pull request 1216" in captions["acceptance"]["caption"]
     assert not any(line.startswith("skipped") for line in lines)
+    from PIL import Image
+
+    for name, files in written.items():  # included at width=6in: a wider figure is shrunk, and its fonts with it
+        width_in = Image.open(files[0]).size[0] / 40
+        assert width_in <= 6.3, f"{name} is {width_in:.1f} in wide"
 
 
 def test_missing_kinds_are_skipped_one_line_each(results_root, tmp_path):
