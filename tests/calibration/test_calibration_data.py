@@ -55,15 +55,6 @@ def _model(seed: int = 0):
 PROMPTS = [[1, 2, 3, 4], [5, 9, 11], [7, 7, 8, 30, 2], [40, 41]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 forwards are many times slower with OpenMP threads on a loaded 2-core machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def test_rows_keep_only_walked_drafts_with_their_depth_position_and_label():
     steps = [
         _step(0, 1, [5, 6, 7], [0.9, 0.8, 0.7], [True, False]),  # rejected at depth 2: d_3 never judged
