@@ -308,7 +308,7 @@ def _figures(fig_dir: Path, n: Numbers) -> dict[str, str]:
         n.add(f"Fig{word}", "yes" if c else "no")
         if c and (fig_dir / f"{name}.pdf").is_file():
             out[f"fig_{name}"] = "\n".join([r"\begin{figure}[t]\centering",
-                                            rf"\includegraphics[width=6in]{{figures/{name}.pdf}}",
+                                            rf"\includegraphics{{figures/{name}.pdf}}",  # natural size: fonts as drawn
                                             rf"\caption{{{escape(c['caption'])}}}", rf"\label{{fig:{name}}}",
                                             r"\end{figure}", ""])
         else:

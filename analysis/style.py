@@ -1,8 +1,9 @@
 """One look for every figure: the seaborn theme, a colour-blind-safe palette, print sizes, legends outside the data,
 and the one function that writes a figure as PDF + PNG.
 
-Figures are drawn at the size they are printed (``WIDTH`` inches wide, fonts ``FONT_PT`` points), so a figure
-included at its natural width (``\\includegraphics[width=6in]``) keeps fonts no smaller than a 9-10 pt caption.
+Figures are drawn at the size they are printed (about ``WIDTH`` inches wide, fonts ``FONT_PT`` points, ticks and
+legends half a point less): the paper includes them at their natural size (``\\includegraphics{figures/x.pdf}``),
+so their fonts stay at 9-9.5 pt, no smaller than its 9 pt (``\\small``) captions.
 
 Example:
     >>> apply_style()

@@ -22,7 +22,7 @@ def test_every_figure_from_every_kind(results_root, tmp_path):
     assert not any(line.startswith("skipped") for line in lines)
     from PIL import Image
 
-    for name, files in written.items():  # included at width=6in: a wider figure is shrunk, and its fonts with it
+    for name, files in written.items():  # printed at natural size in the 6.5 in text width
         width_in = Image.open(files[0]).size[0] / 40
         assert width_in <= 6.3, f"{name} is {width_in:.1f} in wide"
 
