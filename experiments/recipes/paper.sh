@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper from scratch, in one command: every result, figure, table and number, then main.pdf.
 #
-#   bash experiments/recipes/paper.sh            # full: about 40 min on 2 idle cores, then make -C paper
+#   bash experiments/recipes/paper.sh            # full: 14 min measured on 2 cores (budget 38 min), then make -C paper
 #   bash experiments/recipes/paper.sh --quick    # every stage on tiny settings, no TeX (the test suite runs this)
 #   PAPER_OUT=runs/paper_elsewhere bash experiments/recipes/paper.sh --quick   # results under $PAPER_OUT instead of the repo
 #
