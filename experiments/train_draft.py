@@ -198,7 +198,7 @@ def train(cfg: TrainDraftConfig, model, run_dir: Path) -> tuple:
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt, step, elapsed0, history = run_dir / "ckpt.pt", 0, 0.0, []
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=model.device, weights_only=False)
+        state = torch.load(ckpt, map_location=model.device, weights_only=True)
         draft.load_state_dict(state["draft"], strict=False)
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])

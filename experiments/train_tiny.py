@@ -252,7 +252,7 @@ def train(cfg: TrainTinyConfig, command: str = "") -> dict:
     ckpt = out_dir / "ckpt.pt"
     step, elapsed0, history, tokens_seen = 0, 0.0, [], 0
     if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=True)
         model.target.load_state_dict(state["target"])
         model.drafter.load_state_dict(state["drafter"], strict=False)
         opt.load_state_dict(state["opt"])
