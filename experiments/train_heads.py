@@ -4,24 +4,21 @@
     python -m experiments.train_heads smoke=true hydra.run.dir=runs/train_heads/smoke   # seconds: what the tests run
     python -m experiments.train_heads install=true                     # also ship them in assets/tiny/medusa/
     python -m experiments.train_heads model=hf model.path=DIR num_heads=3 out=DIR/medusa
-    python -m experiments.train_heads num_layers=2 text_windows=1536 min_lr_ratio=0.1   # deeper heads, more rows
+    python -m experiments.train_heads n_prompts=16384 init_from=DIR distill=0.5   # warm start, soft labels
 
 Data: ``n_prompts`` train-split prompts of ``prompt_tokens`` tokens, each continued greedily by the target for
-``new_tokens`` tokens; the target's final hidden states are kept while it decodes (no grad). Head k at index i is
-trained with CE to predict ``seq[i+k+1]``, for every index i >= prompt_tokens - 1 (where decoding reads heads) whose
-label is inside the sequence (``specpolicy.models.medusa``). ``text_windows`` > 0 adds rows from train-split real
-text (one teacher-forced forward per window, far cheaper than decoding): index i counts where the text's next token
-is the target's greedy token, and head k is labelled only where the text is the greedy chain up to i + k, so every
-label is still the target's greedy continuation of the text up to i. Each step draws ``batch_rows`` random rows of
-either kind. The heads have ``num_layers`` residual blocks each; the learning rate warms up, then stays constant or
-(``min_lr_ratio`` < 1) decays on a cosine. The target, its LM head included, stays frozen.
+``new_tokens`` tokens, its final hidden states kept (no grad). Head k at index i learns ``seq[i+k+1]`` for every
+index i >= prompt_tokens - 1 whose label is inside the sequence (``specpolicy.models.medusa``): CE on that greedy
+label, or with ``distill`` > 0 mixed with CE on the target's whole next-token distribution there (Medusa-2's
+self-distillation). ``text_windows`` > 0 adds rows of train-split real text where it is the target's greedy chain
+(one teacher-forced forward per window). ``num_layers`` residual blocks per head; ``init_from`` starts from a heads
+directory; warmup, then a constant or (``min_lr_ratio`` < 1) cosine learning rate. The target stays frozen.
 
-A checkpoint (heads, optimiser, step, generator) is written to the run directory every ``ckpt_every`` steps; the same
-command with the same ``hydra.run.dir`` resumes from it (raising ``steps`` continues training). Writes the heads
-(fp16 safetensors + config.json) to ``out`` (default ``<run dir>/medusa``), and ``report.json`` / ``card.json``:
-on test-split prompts the teacher-forced agreement of head j's argmax with the target's greedy token per depth
-(the untrained heads' figure beside it), and TPF / acceptance by depth of ``generate(.., "fixed", k=decode_k)``
-with the saved heads. Bad settings: one line on stderr, exit code 2.
+A checkpoint (heads, optimiser, step, generator) every ``ckpt_every`` steps: the same command with the same
+``hydra.run.dir`` resumes (raising ``steps`` continues). Writes fp16 heads + config.json to ``out`` (default
+``<run dir>/medusa``) and ``report.json`` / ``card.json``: per depth, the test-split teacher-forced agreement of head
+j's argmax with the target's greedy token (untrained heads beside it), and TPF / acceptance by depth of ``fixed``
+k=decode_k with the saved heads. Bad settings: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -103,12 +100,11 @@ def plan_of(cfg: DictConfig) -> TrainHeadsConfig:
                         f"num_heads + 2 = {c.num_heads + 2}")
     if not c.lr > 0:
         raise UserError(f"lr={c.lr} is invalid; allowed: > 0")
-    if not 0 <= c.distill <= 1:
-        raise UserError(f"distill={c.distill} is invalid; allowed: 0 <= distill <= 1")
+    for name in ("distill", "min_lr_ratio"):
+        if not 0 <= getattr(c, name) <= 1:
+            raise UserError(f"{name}={getattr(c, name)} is invalid; allowed: 0 <= {name} <= 1")
     if c.distill and c.text_windows:
         raise UserError("distill > 0 needs greedy-continuation rows only; allowed: distill=0 with text_windows > 0")
-    if not 0 <= c.min_lr_ratio <= 1:
-        raise UserError(f"min_lr_ratio={c.min_lr_ratio} is invalid; allowed: 0 <= min_lr_ratio <= 1")
     if c.install and c.model.path != "tiny":
         raise UserError(f"install=true ships heads for the embedded model only, not model.path={c.model.path!r}; "
                         "allowed: model=tiny, or out=<dir> for another model")
@@ -227,27 +223,12 @@ def settings_key(c: TrainHeadsConfig) -> dict:
     return {"model": str(c.model.path), **{k: getattr(c, k) for k in keep}}
 
 
-def lr_at(step: int, c: TrainHeadsConfig) -> float:
-    """Learning rate of step ``step`` (0-based): linear warmup over ``warmup_steps``, then ``lr`` (min_lr_ratio=1) or
-    a cosine from ``lr`` down to ``lr * min_lr_ratio`` at step ``steps``.
-
-    >>> lr_at(0, TrainHeadsConfig(lr=1e-3, warmup_steps=10))
-    0.0001
-    """
-    import math
-
-    warm = min(1.0, (step + 1) / max(1, c.warmup_steps))
-    if c.min_lr_ratio == 1.0:
-        return c.lr * warm
-    t = min(1.0, max(0, step - c.warmup_steps) / max(1, c.steps - c.warmup_steps))
-    return c.lr * warm * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def train(model, c: TrainHeadsConfig, run_dir: Path):
     """Train the heads (resuming from ``run_dir/ckpt.pt``); returns (heads, train info)."""
     from tqdm.auto import tqdm
 
     from specpolicy.models.medusa import MedusaHeads, load_medusa_heads, medusa_loss, soft_targets
+    from specpolicy.models.training import warmup_cosine_lr
 
     lm_head = model.target.get_output_embeddings()
     V, H = lm_head.weight.shape
@@ -256,8 +237,7 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
     if c.init_from:
         start = load_medusa_heads(model.target, "", c.init_from, model.device, torch.float32)
         if (start.num_heads, start.num_layers) != (c.num_heads, c.num_layers):
-            raise UserError(f"init_from={c.init_from!r} has {start.num_heads} heads x {start.num_layers} blocks; "
-                            f"allowed: heads with num_heads={c.num_heads} and num_layers={c.num_layers}")
+            raise UserError(f"init_from={c.init_from!r} has other sizes; allowed: {c.num_heads} x {c.num_layers} heads")
         heads.load_state_dict(start.state_dict())
     opt = torch.optim.AdamW(heads.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     gen = torch.Generator().manual_seed(c.seed)
@@ -289,7 +269,7 @@ def train(model, c: TrainHeadsConfig, run_dir: Path):
     heads.train()
     while step < c.steps:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, c)
+            group["lr"] = warmup_cosine_lr(step, c.lr, c.warmup_steps, c.steps, c.min_lr_ratio)
         idx = torch.randint(0, h.shape[0], (c.batch_rows,), generator=gen).to(h.device)
         soft = soft_targets(lm_head, h, idx, c.num_heads) if c.distill else None
         losses = medusa_loss(heads, lm_head, h[idx].float(), labels[:, idx], soft, c.distill)

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -134,3 +136,17 @@ def loop_monitor(model, prompts: torch.Tensor, new_tokens: int, autocast) -> flo
             out = greedy_continue(model.target, chunk, new_tokens)
         gens += out[:, chunk.shape[1]:].tolist()
     return loop_share(gens)
+
+
+def warmup_cosine_lr(step: int, lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 1.0) -> float:
+    """Learning rate of step ``step`` (0-based): linear warmup over ``warmup_steps``, then ``lr`` (``min_ratio`` = 1)
+    or a cosine from ``lr`` down to ``lr * min_ratio`` at ``total_steps``. Used by ``experiments.train_heads``.
+
+    >>> warmup_cosine_lr(0, 1e-3, 10, 100), warmup_cosine_lr(100, 1e-3, 10, 100, 0.1)
+    (0.0001, 0.0001)
+    """
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    if min_ratio == 1.0:
+        return lr * warm
+    t = min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return lr * warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
