@@ -157,7 +157,7 @@ def walk(drafts: Sequence[int], mask: Sequence[bool], judge: Judge, relaxed: boo
     else:
         committed, prov, verdicts, probs = _walk_lossy(drafts, mask, judge, relaxed)
     walked, cut = len(committed), False
-    if eos and (not eos.isdisjoint(committed) if isinstance(eos, frozenset | set) else True):
+    if eos:
         for i, t in enumerate(committed):
             if t in eos:  # nothing after an EOS is committed
                 committed, prov, cut = committed[: i + 1], prov[: i + 1], True
