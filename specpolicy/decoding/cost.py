@@ -103,7 +103,6 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
             torch.cuda.synchronize(model.device)
         return time.perf_counter() - t0
 
-    head = model.target.get_output_embeddings()
     P = len(ctx)
     ids = torch.tensor([list(ctx) + [0] * (k + 2)], device=model.device)  # [1, P + K + 2]
     with torch.inference_mode():
@@ -114,7 +113,7 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
         for rep in range(reps + 1):
             for m in range(1, k + 2):
                 x = torch.randint(0, vocab, (1, m), device=model.device)
-                t = timed(lambda x=x: head(fwd.forward(x)))
+                t = timed(lambda x=x: fwd.logits(fwd.forward(x)))
                 fwd.crop(P)
                 if rep:  # repetition 0 warms up
                     times[m].append(t)

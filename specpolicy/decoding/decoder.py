@@ -87,7 +87,9 @@ def generate(
     ``probe(state, next_draft)``, which may draft deeper (never verified; trace recording uses it to see the chain
     up to ``probe.depth``); it is not called at all when None. ``engine``: how the target runs (``decoding.engine``):
     "auto" takes the lean forward where it reproduces the model bit for bit (Llama-family with SDPA), transformers'
-    modules otherwise; "lean" insists; "transformers" always uses transformers' modules (drafters use their own).
+    modules otherwise; "lean" insists; "transformers" always uses transformers' modules (drafters use their own);
+    "packed" is the lean forward with oneDNN-packed projections (CPU float32; faster on blocks, not bit-identical to
+    transformers: ``models.lean``).
 
     >>> res = generate(load_model("tiny"), "import os\\n", "fixed", k=3, max_new_tokens=32)
     """
@@ -156,7 +158,7 @@ class _Loop:
         self.gen = torch.Generator(self.device)
         self.gen.manual_seed(seed if seed is not None else 0)
         self.max_draft, self.probe = max_draft, probe
-        self.engine, self.head = engine, model.target.get_output_embeddings()
+        self.engine = engine
         self.eos = _eos_ids(model)
         self.sync = self.device.type == "cuda"
 
@@ -185,7 +187,7 @@ class _Loop:
         self.buf[0, :P] = torch.tensor(prompt_ids, device=self.device)
         self.fwd = causal_forward(self.model.target, self.engine)
         h = self.fwd.forward(self.buf[:, :P])  # [1, P, H]
-        logits = self.head(h[:, -1:])[0, -1]  # [V]
+        logits = self.fwd.logits(h[:, -1:])[0, -1]  # [V]
         t0 = int(torch.multinomial(warp(logits, **self.warp_kw), 1, generator=self.gen)[0]) if self.sample \
             else int(logits.argmax())
         self.buf[0, P] = t0
@@ -207,7 +209,7 @@ class _Loop:
             self.probe(state, self.next_draft)
         t_verify = self.clock()
         h = self.fwd.forward(self.buf[:, self.n : self.n + m + 1])  # [1, m+1, H]
-        judge = self.judge(self, self.head(h)[0], state.drafts)  # logits [m+1, V]
+        judge = self.judge(self, self.fwd.logits(h)[0], state.drafts)  # logits [m+1, V]
         block = walk(state.drafts, mask, judge, self.relaxed is not None, self.eos)
         self.commit(block, h, m)
         t_end = self.clock()

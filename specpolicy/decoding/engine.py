@@ -1,14 +1,19 @@
 """How the decoder runs a causal LM over a growing, croppable KV cache: the lean forward where it reproduces the
 model bit for bit (``models.lean``: Llama-family with SDPA), transformers' own modules with a ``DynamicCache``
-otherwise. One object per generation; both kinds answer the same three calls.
+otherwise. One object per generation; both kinds answer the same calls.
 
-    fwd = causal_forward(lm, engine="auto")   # "auto": lean where supported; "lean": insist; "transformers"
+    fwd = causal_forward(lm, engine="auto")   # "auto": lean where supported; "lean": insist; "transformers";
+                                               # "packed": lean with oneDNN-packed projections (CPU float32, opt-in)
     h = fwd.forward(ids)                       # ids [1, m] appended after the cache -> final hidden states [1, m, H]
+    fwd.logits(h)                              # the LM head
     fwd.crop(n)                                # keep the first n cache entries
+
+"packed" is the one engine whose hidden states are not bit-identical to transformers' (``models.lean``, README
+"What lossless means"); it is never chosen unless asked for.
 
 Example:
     >>> fwd = causal_forward(model.target)
-    >>> logits = model.target.get_output_embeddings()(fwd.forward(ids))
+    >>> logits = fwd.logits(fwd.forward(ids))
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import UserError
-from ..models.lean import LeanMTPLayer, LeanTarget, lean_unsupported
+from ..models.lean import LeanMTPLayer, LeanTarget, lean_unsupported, packed_unsupported
 
 __all__ = ["ENGINES", "DecodeError", "TransformersForward", "causal_forward", "mtp_layer_forward"]
 
-ENGINES = ("auto", "lean", "transformers")
+ENGINES = ("auto", "lean", "packed", "transformers")
 
 
 class DecodeError(UserError):
@@ -35,6 +40,7 @@ class TransformersForward:
 
     def __init__(self, lm):
         self.body, self.cache = lm.get_decoder(), DynamicCache(config=lm.config)
+        self.logits = lm.get_output_embeddings()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.body(input_ids=ids, cache=self.cache).last_hidden_state
@@ -53,23 +59,25 @@ class _Lean(LeanTarget):
     kind = "lean"
 
 
-def _choose(config, engine: str, what: str) -> bool:
-    """True for the lean forward."""
+def _choose(module, engine: str, what: str) -> bool:
+    """True for the lean forward (packed or not)."""
     if engine not in ENGINES:
         raise DecodeError(f"engine={engine!r} is unknown; allowed: {', '.join(ENGINES)}")
-    why = lean_unsupported(config, what) if engine != "transformers" else "not asked for"
-    if engine == "lean" and why is not None:
-        raise DecodeError(f"engine='lean' cannot reproduce this {what} ({why}); allowed: engine='auto' or "
+    why = lean_unsupported(module.config, what) if engine != "transformers" else "not asked for"
+    if engine == "packed" and why is None:
+        why = packed_unsupported(next(module.parameters()))
+    if engine in ("lean", "packed") and why is not None:
+        raise DecodeError(f"engine={engine!r} cannot run this {what} ({why}); allowed: engine='auto' or "
                           "'transformers'")
     return why is None
 
 
 def causal_forward(lm, engine: str = "auto") -> _Lean | TransformersForward:
     """A fresh forward with an empty cache for the causal LM ``lm`` (module docstring)."""
-    return _Lean(lm) if _choose(lm.config, engine, "target") else TransformersForward(lm)
+    return _Lean(lm, packed=engine == "packed") if _choose(lm, engine, "target") else TransformersForward(lm)
 
 
 def mtp_layer_forward(mtp, layer_idx: int, engine: str = "auto"):
-    """``forward(h_prev, pos, input_ids)`` + ``crop(n)`` for MTP layer ``layer_idx`` with a cache of its own, or None
-    where the transformers path (``mtp.forward_layer`` with a ``DynamicCache``) must be used."""
-    return LeanMTPLayer(mtp, layer_idx) if _choose(mtp.config, engine, "mtp") else None
+    """``forward(h_prev, pos, input_ids)``, ``logits(h)`` and ``crop(n)`` for MTP layer ``layer_idx`` with a cache of
+    its own, or None where the transformers path (``mtp.forward_layer`` with a ``DynamicCache``) must be used."""
+    return LeanMTPLayer(mtp, layer_idx, packed=engine == "packed") if _choose(mtp, engine, "mtp") else None

@@ -10,6 +10,13 @@ Only what is checked is taken: ``lean_unsupported`` names the first feature a mo
 reproduce (another architecture, eager/flash attention, RoPE scaling, biases, another activation...), and the decoder
 falls back to the transformers modules for it.
 
+``packed=True`` (``engine="packed"`` in ``generate``) is the same code with every projection and the LM head as oneDNN
+matmuls over weights packed once (q/k/v and gate/up fused into one matrix each; CPU float32 only, ``packed_unsupported``
+says why not). MKL, which ``F.linear`` calls, has no fast kernel for 2-5 rows: on the embedded model a block of 4 costs
+~1.5 one-token forwards, about as much as one with the packed weights. Its results differ from transformers' in the last
+bits (another summation order), so this engine is opt-in: its outputs leave ``generate()``'s only at numerical
+near-ties, the float32 class README "What lossless means" describes for blocks.
+
 Example:
     >>> target = LeanTarget(model.target)            # a LlamaForCausalLM
     >>> h = target.forward(ids[:, :P])               # prefill: [1, P, H]
@@ -18,10 +25,14 @@ Example:
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LeanKV", "LeanLayer", "LeanMTPLayer", "LeanTarget", "lean_unsupported"]
+from .mtp import mtp_logits
+
+__all__ = ["LeanKV", "LeanLayer", "LeanMTPLayer", "LeanTarget", "lean_unsupported", "packed_unsupported"]
 
 
 def lean_unsupported(config, what: str = "target") -> str | None:
@@ -45,6 +56,46 @@ def lean_unsupported(config, what: str = "target") -> str | None:
         if not ok:
             return feature
     return None
+
+
+def packed_unsupported(weight: torch.Tensor) -> str | None:
+    """Why the packed projections cannot run on a model whose weights are like ``weight``, or None if they can."""
+    if weight.device.type != "cpu":
+        return f"device {weight.device.type!r} (the packed engine is oneDNN on CPU)"
+    if weight.dtype != torch.float32:
+        return f"dtype {weight.dtype} (the packed engine is float32)"
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (torch.backends.mkldnn)"
+    return None
+
+
+def _pack(*ws: torch.Tensor) -> torch.Tensor:
+    """The oneDNN-packed weight of ``ws`` stacked by rows, packed once per weight set and kept on the first weight
+    (packed again after an in-place change of any of them: tensor versions are part of the key; an inference tensor
+    has none, and is packed once)."""
+    key = tuple((id(w), -1 if w.is_inference() else w._version) for w in ws)
+    hit = getattr(ws[0], "_specpolicy_packed", None)
+    if hit is None or hit[0] != key:
+        with torch.inference_mode():
+            w = torch.cat(ws) if len(ws) > 1 else ws[0].detach()
+            hit = (key, torch.ops.mkldnn._reorder_linear_weight(w, 4))
+        ws[0]._specpolicy_packed = hit
+    return hit[1]
+
+
+def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
+class _Head:
+    """The LM head ``lm.get_output_embeddings()``: the module itself, or its weight packed (a bias-free Linear)."""
+
+    def __init__(self, module, packed: bool):
+        self.module = module
+        self.w = _pack(module.weight) if packed else None
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return self.module(h) if self.w is None else _packed_linear(h, self.w)
 
 
 class LeanKV:
@@ -99,25 +150,45 @@ def _mask(m: int, n0: int, device) -> torch.Tensor | None:
 
 
 class LeanLayer:
-    """One LlamaDecoderLayer as tensor code over its weights (pre-norm attention + SwiGLU MLP, residuals)."""
+    """One LlamaDecoderLayer as tensor code over its weights (pre-norm attention + SwiGLU MLP, residuals);
+    ``packed``: the projections as packed oneDNN matmuls (module docstring)."""
 
-    def __init__(self, layer, config):
+    def __init__(self, layer, config, packed: bool = False):
         a, mlp = layer.self_attn, layer.mlp
         self.w = (layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
                   layer.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
         self.eps = (layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
         self.head_dim, self.scaling = a.head_dim, a.scaling
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.packed = None
+        if packed:
+            _, wq, wk, wv, wo, _, wg, wu, wd = self.w
+            self.packed = (_pack(wq, wk, wv), _pack(wo), _pack(wg, wu), _pack(wd))
+            self.split = (wq.shape[0], wk.shape[0], wv.shape[0]), wg.shape[0]
+
+    def _qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.packed is None:
+            return F.linear(h, self.w[1]), F.linear(h, self.w[2]), F.linear(h, self.w[3])
+        return _packed_linear(h, self.packed[0]).split(self.split[0], dim=-1)
+
+    def _out(self, o: torch.Tensor) -> torch.Tensor:
+        return F.linear(o, self.w[4]) if self.packed is None else _packed_linear(o, self.packed[1])
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(F.silu(F.linear(h, self.w[6])) * F.linear(h, self.w[7]), self.w[8])
+        g, u = _packed_linear(h, self.packed[2]).split(self.split[1], dim=-1)
+        return _packed_linear(F.silu(g) * u, self.packed[3])
 
     def __call__(self, x: torch.Tensor, cos, sin, kv: LeanKV, i: int, mask) -> torch.Tensor:
         """x [1, m, H] -> [1, m, H]; writes this block's keys/values at kv entries n..n+m of layer i."""
-        w_in, wq, wk, wv, wo, w_post, wg, wu, wd = self.w
         m, n0, D, half = x.shape[1], kv.n, self.head_dim, self.head_dim // 2
         shape = (1, m, -1, D)
-        h = _rms(x, w_in, self.eps[0])
-        q = F.linear(h, wq).view(shape).transpose(1, 2)  # [1, heads, m, D]
-        k = F.linear(h, wk).view(shape).transpose(1, 2)  # [1, kv_heads, m, D]
-        v = F.linear(h, wv).view(shape).transpose(1, 2)
+        h = _rms(x, self.w[0], self.eps[0])
+        q, k, v = self._qkv(h)
+        q = q.reshape(shape).transpose(1, 2)  # [1, heads, m, D]
+        k = k.reshape(shape).transpose(1, 2)  # [1, kv_heads, m, D]
+        v = v.reshape(shape).transpose(1, 2)
         q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
         k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
         n1 = n0 + m
@@ -133,19 +204,20 @@ class LeanLayer:
                 values = values[:, :, None].expand(1, self.kv_heads, g, n1, D).reshape(1, self.heads, n1, D)
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
         o = o.reshape(1, -1, m, D).transpose(1, 2).contiguous().reshape(1, m, -1).contiguous()  # [1, m, heads*D]
-        x = x + F.linear(o, wo)
-        h = _rms(x, w_post, self.eps[1])
-        return x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+        x = x + self._out(o)
+        return x + self._mlp(_rms(x, self.w[5], self.eps[1]))
 
 
 class LeanTarget:
     """The target's decoder (``lm.get_decoder()``) with a static cache: ``forward`` appends a block, ``crop`` keeps a
-    prefix. Returns final hidden states; the LM head is the model's own module (``lm.get_output_embeddings()``)."""
+    prefix. Returns final hidden states; ``logits`` applies the LM head (the model's own module, or its packed weight
+    with ``packed``)."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, packed: bool = False):
         body, cfg = lm.get_decoder(), lm.config
         self.embed = body.embed_tokens.weight
-        self.layers = [LeanLayer(layer, cfg) for layer in body.layers]
+        self.layers = [LeanLayer(layer, cfg, packed) for layer in body.layers]
+        self.logits = _Head(lm.get_output_embeddings(), packed)
         self.norm = (body.norm.weight, body.norm.variance_epsilon)
         self.rope = _Rope(body.rotary_emb, self.embed.dtype)
         a = body.layers[0].self_attn
@@ -174,13 +246,16 @@ class LeanMTPLayer:
     """``MtpModel.forward_layer`` for one MTP layer with a cache of its own (one per draft depth):
     eh_proj([enorm(emb(t)), hnorm(h)]) -> decoder layer -> post-norm (or the shared post-norm)."""
 
-    def __init__(self, mtp, layer_idx: int):
+    def __init__(self, mtp, layer_idx: int, packed: bool = False):
         layer, cfg = mtp.layers[layer_idx], mtp.config
         self.embed = mtp.embed_tokens.weight
         self.enorm = (layer.enorm.weight, layer.enorm.variance_epsilon)
         self.hnorm = (layer.hnorm.weight, layer.hnorm.variance_epsilon)
         self.eh = layer.eh_proj.weight
-        self.block = LeanLayer(layer.mtp_block, cfg)
+        self.eh_packed = _pack(self.eh) if packed else None
+        self.block = LeanLayer(layer.mtp_block, cfg, packed)
+        plain_head = all(getattr(cfg, a, None) is None for a in ("logits_mup_width_multiplier", "unpadded_vocab_size"))
+        self.logits = _Head(mtp.shared_head, True) if packed and plain_head else partial(mtp_logits, mtp)
         post = layer.post_norm if layer.use_post_norm else (mtp.shared_post_norm if mtp.use_shared_post_norm else None)
         self.post = None if post is None else (post.weight, post.variance_epsilon)
         self.rope = _Rope(mtp.rotary_emb, self.embed.dtype)
@@ -191,7 +266,8 @@ class LeanMTPLayer:
         m, n0 = input_ids.shape[1], self.kv.n
         self.kv.reserve(n0 + m)
         e = F.embedding(input_ids, self.embed)
-        x = F.linear(torch.cat([_rms(e, *self.enorm), _rms(h_prev, *self.hnorm)], dim=-1), self.eh)
+        x = torch.cat([_rms(e, *self.enorm), _rms(h_prev, *self.hnorm)], dim=-1)
+        x = F.linear(x, self.eh) if self.eh_packed is None else _packed_linear(x, self.eh_packed)
         cos, sin = self.rope(pos)
         x = self.block(x, cos, sin, self.kv, 0, _mask(m, n0, input_ids.device))
         self.kv.n = n0 + m

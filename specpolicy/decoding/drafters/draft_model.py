@@ -37,7 +37,7 @@ class DraftModelDrafter:
     native_depths = MAX_DEPTH  # every depth is the same next-token forward of the draft model
 
     def __init__(self, lm, engine: str = "auto") -> None:
-        self.lm, self.engine, self.head = lm, engine, lm.get_output_embeddings()
+        self.lm, self.engine = lm, engine
         self.fwd = causal_forward(lm, engine)
         self.length = 0  # L: the cache holds indices 0..L-1
 
@@ -67,7 +67,7 @@ class DraftModelDrafter:
         """Run ids [1, k] (the pending indices L..L+k-1) through the draft model; logits [1, 1, V] of the last."""
         h = self.fwd.forward(ids)  # [1, k, H]
         self.length += ids.shape[1]
-        return self.head(h[:, -1:])  # as the causal LM's forward with logits_to_keep=1
+        return self.fwd.logits(h[:, -1:])  # as the causal LM's forward with logits_to_keep=1
 
 
 register_drafter("draft")(lambda model, engine: DraftModelDrafter(model.drafter, engine))

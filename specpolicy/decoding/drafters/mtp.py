@@ -65,7 +65,7 @@ class MTPDrafter:
         else:
             h = cache.forward(h_prev, pos, ids)
         self.hist[depth] = h if self.hist[depth] is None else torch.cat([self.hist[depth], h], dim=1)
-        return mtp_logits(self.mtp, h[:, -1])[0]
+        return (mtp_logits(self.mtp, h[:, -1]) if isinstance(cache, DynamicCache) else cache.logits(h[:, -1]))[0]
 
     def crop(self, n: int) -> None:
         """Drop every entry that read a token past the committed prefix (last committed index n)."""
