@@ -6,11 +6,13 @@ run it on a quiet machine).
     python -m experiments.bench data=file data.path=prompts.jsonl # prompts of your own (the runner's data group)
     python -m experiments.bench 'peers=[generate,use_mtp]'         # only these transformers peers ([] for none)
     python -m experiments.bench mode=memory                       # peak RSS: 20 x 512 tokens vs 2 x 512 tokens
+    python -m experiments.bench engine=packed                     # our variants on the packed engine (CPU float32)
 
 Greedy decoding; every (prompt, variant) pair is timed ``repeats`` times by the shared harness (variants rotated
 per prompt and repetition, so load drift hits every variant alike); per variant the median over repetitions of the
 total time is reported. Variants: our ``ar`` and each policy of ``policies`` (with the ``drafter`` group's drafter),
-and the transformers peers of ``peers``, all on the same target weights and the same prompts (the ``data`` group):
+and the transformers peers of ``peers``, all on the same target weights and the same prompts (the ``data`` group;
+``engine`` is our variants' ``generate(..., engine=...)``):
 
 - ``generate``: ``generate(do_sample=False)``, the reference of the identical-output check;
 - ``use_mtp``: ``generate(use_mtp=True)``, transformers' own MTP drafting (needs a target with ``num_mtp_layers``);
@@ -77,6 +79,7 @@ class BenchConfig:
     new_tokens: int = 128
     repeats: int = 3
     threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    engine: str = "auto"  # our variants' engine: auto | lean | packed | transformers (README "Speed")
     policies: list = field(default_factory=lambda: [f"{n}:{json.dumps(p)}" if p else n for n, p in LOSSLESS])
     peers: list = field(default_factory=lambda: list(PEERS))  # transformers peers, any of PEERS; [] for none
     assistant: str = ""  # assisted peers: a draft model (dir or hub id); "": drafter=draft's, else the shipped one
@@ -114,6 +117,7 @@ def check_peers(peers) -> list[str]:
 
 def validate(cfg) -> dict:
     """The policy variants ({label: policy}); one-line ``UserError`` for bad settings."""
+    from specpolicy.decoding.engine import ENGINES
     from specpolicy.runs import checks
 
     for ok, message in (
@@ -127,6 +131,7 @@ def validate(cfg) -> dict:
          f"assistant_confidence={cfg.assistant_confidence} is invalid; allowed: 0 < assistant_confidence < 1"),
         (cfg.lookup_tokens >= 1, f"lookup_tokens={cfg.lookup_tokens} is invalid; allowed: an integer >= 1"),
         (cfg.lookup_ngram >= 1, f"lookup_ngram={cfg.lookup_ngram} is invalid; allowed: an integer >= 1"),
+        (cfg.engine in ENGINES, f"engine={cfg.engine} is unknown; allowed: {', '.join(ENGINES)}"),
     ):
         if not ok:
             raise UserError(message)
@@ -268,6 +273,7 @@ def speed(cfg, policies: dict) -> dict:
     from transformers.utils import logging as hf_logging
 
     from specpolicy.decoding.cost import measure_cost
+    from specpolicy.decoding.engine import check_engine
     from specpolicy.decoding.harness import interleaved, policy_runner
     from specpolicy.policies import step_cost_missing, with_step_cost
     from specpolicy.runs import checks
@@ -275,13 +281,14 @@ def speed(cfg, policies: dict) -> dict:
     torch.set_num_threads(cfg.threads)
     hf_logging.disable_progress_bar()  # generate(use_mtp=True) shows a weight-loading bar at every call
     model = checks.load(cfg.model, cfg.drafter)
+    check_engine(model, cfg.engine)
     prompts, data_info = checks.prompts_for(cfg.data, model.tokenizer)
     cost = None
     if any(step_cost_missing(p.params()) for p in policies.values()):  # goodput: the cost model of this machine
         cost = measure_cost(model, list(prompts[0].ids) * 2, max(cfg.cost_depth, 8), reps=30, loop_reps=1,
-                            loop_tokens=32)
+                            loop_tokens=32, engine=cfg.engine)
         policies = {label: with_step_cost(p, cost) for label, p in policies.items()}
-    runners = {label: policy_runner(model, (lambda p=p: p)) for label, p in policies.items()}
+    runners = {label: policy_runner(model, (lambda p=p: p), engine=cfg.engine) for label, p in policies.items()}
     runners.update(peer_runners(cfg, model))
     times = {n: [0.0] * cfg.repeats for n in runners}
     outputs: dict[str, list] = {n: [None] * len(prompts) for n in runners}
@@ -299,14 +306,15 @@ def speed(cfg, policies: dict) -> dict:
         greedy = _peer_runner(model)
         reference = [greedy(list(p.ids), i, cfg.new_tokens).token_ids for i, p in enumerate(prompts)]
     rows = _rows(runners, times, outputs, forwards, lossless, reference)
-    cost = cost or measure_cost(model, list(prompts[0].ids) * 2, cfg.cost_depth, reps=30)
+    cost = cost or measure_cost(model, list(prompts[0].ids) * 2, cfg.cost_depth, reps=30, engine=cfg.engine)
     t = cost.t_target
     return {"rows": rows, "cost": {"target_forward_s": {m: t[m - 1] for m in range(1, len(t) + 1)},
                                    "c": {m: cost.c(m) for m in range(1, len(t) + 1)},
                                    "mtp_step_s": cost.t_mtp, "mtp_step_rel": cost.t_mtp / t[0]},
             "peers": {f"hf_{n}": peer_settings(cfg)[n] for n in check_peers(cfg.peers)},
             "n_prompts": len(prompts), "data": data_info, "new_tokens": cfg.new_tokens, "repeats": cfg.repeats,
-            "threads": torch.get_num_threads(), "model": model.fingerprint(), "drafter": model.drafter_name,
+            "threads": torch.get_num_threads(), "engine": cfg.engine, "model": model.fingerprint(),
+            "drafter": model.drafter_name,
             "torch": torch.__version__, "cpu": _cpu_name()}
 
 
@@ -362,7 +370,8 @@ def table(res: dict) -> str:
                      f"{ratio(r['speedup_vs_generate'])} | {tpf} | {r['lossless']} | {r['identical_to_generate']} |")
     differ = [n for n, r in res["rows"].items() if r["lossless"] and not r["identical_to_generate"]]
     c = res["cost"]
-    lines += ["", "lossless variants whose output differs from greedy generate(): " + (", ".join(differ) or "none"),
+    lines += ["", f"our variants' engine: {res.get('engine', 'auto')}",
+              "lossless variants whose output differs from greedy generate(): " + (", ".join(differ) or "none"),
               "TPF: our decoder's target forwards; hf_*: a forward hook on the target (prefill included)",
               "", "c(m): " + ", ".join(f"{m}: {v:.2f}" for m, v in c["c"].items()),
               f"drafter step: {c['mtp_step_s'] * 1e3:.2f} ms = {c['mtp_step_rel']:.2f} x a 1-token target forward "

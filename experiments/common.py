@@ -78,6 +78,7 @@ class DecodeConf:
     top_k: int = 0  # 0: off
     seed: int = 0  # sampling: prompt i uses seed + i, for every policy alike
     max_draft: int = 16  # hard cap on drafts per step, whatever the policy asks
+    engine: str = "auto"  # auto | lean | packed | transformers (generate's engine; packed: CPU float32, README "Speed")
 
 
 @dataclass

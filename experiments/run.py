@@ -68,6 +68,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     import torch
 
     from specpolicy.decoding.cost import measure_cost
+    from specpolicy.decoding.engine import check_engine
     from specpolicy.metrics import lossy_table
     from specpolicy.runs import environment_info, runner
     from specpolicy.runs.report import console_table
@@ -76,10 +77,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     store = runner.open_store(run_dir, plan)  # before the (slow) model load
     torch.set_num_threads(plan.threads)
     model = _model(plan.model, plan.drafter)
+    check_engine(model, plan.generate_kw["engine"])
     prompts, data_info = checks.prompts_for(plan.data, model.tokenizer)
     # a cost-aware arm (goodput) without step_cost gets the cost model measured here (or its recorded one on resume)
     plan = checks.fill_step_cost(plan, lambda: measure_cost(model, list(prompts[0].ids), k=8, reps=10, loop_reps=1,
-                                                         loop_tokens=32),
+                                                         loop_tokens=32, engine=plan.generate_kw["engine"]),
                                  store)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     env = environment_info(model, plan.threads, data_info)

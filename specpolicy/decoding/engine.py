@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from ..errors import UserError
 from ..models.lean import LeanMTPLayer, LeanTarget, lean_unsupported, packed_unsupported
 
-__all__ = ["ENGINES", "DecodeError", "TransformersForward", "causal_forward", "mtp_layer_forward"]
+__all__ = ["ENGINES", "DecodeError", "TransformersForward", "causal_forward", "check_engine", "mtp_layer_forward"]
 
 ENGINES = ("auto", "lean", "packed", "transformers")
 
@@ -81,3 +81,15 @@ def mtp_layer_forward(mtp, layer_idx: int, engine: str = "auto"):
     """``forward(h_prev, pos, input_ids)``, ``logits(h)`` and ``crop(n)`` for MTP layer ``layer_idx`` with a cache of
     its own, or None where the transformers path (``mtp.forward_layer`` with a ``DynamicCache``) must be used."""
     return LeanMTPLayer(mtp, layer_idx, packed=engine == "packed") if _choose(mtp, engine, "mtp") else None
+
+
+def check_engine(model, engine: str) -> None:
+    """Raise the ``DecodeError`` ``generate(model, ..., engine=engine)`` would raise about the engine, before any
+    decoding (apps call it right after loading the model).
+
+    Example:
+        >>> check_engine(load_model("tiny"), "packed")   # fine on CPU float32
+    """
+    _choose(model.target, engine, "target")
+    if getattr(model, "drafter_name", None) == "mtp":
+        _choose(model.drafter, engine, "mtp")

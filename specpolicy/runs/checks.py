@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from specpolicy.decoding.engine import ENGINES
 from specpolicy.errors import UserError
 from specpolicy.policies import PolicyParamError, UnknownPolicyError, get_policy
 
@@ -73,7 +74,8 @@ class RunPlan:
         """The ``generate`` keyword arguments of every decode of the run besides ``max_new_tokens`` (the harness
         passes it) and the seed (``decode.seed`` + prompt index)."""
         d = self.decode
-        return {"temperature": d.temperature, "top_p": d.top_p, "top_k": d.top_k, "max_draft": d.max_draft}
+        return {"temperature": d.temperature, "top_p": d.top_p, "top_k": d.top_k, "max_draft": d.max_draft,
+                "engine": getattr(d, "engine", "auto")}
 
     @property
     def sampling(self) -> bool:
@@ -95,6 +97,8 @@ def validate(cfg) -> RunPlan:
         (0 < d.top_p <= 1, f"decode.top_p={d.top_p} is invalid; allowed: 0 < top_p <= 1"),
         (d.top_k >= 0, f"decode.top_k={d.top_k} is invalid; allowed: 0 (off) or >= 1"),
         (d.max_draft >= 0, f"decode.max_draft={d.max_draft} is invalid; allowed: >= 0"),
+        (getattr(d, "engine", "auto") in ENGINES,
+         f"decode.engine={getattr(d, 'engine', 'auto')} is unknown; allowed: {', '.join(ENGINES)}"),
         (cfg.threads >= 1, f"threads={cfg.threads} is invalid; allowed: an integer >= 1"),
         (cfg.bootstrap >= 0, f"bootstrap={cfg.bootstrap} is invalid; allowed: >= 0 resamples"),
     ]
@@ -110,7 +114,10 @@ def validate(cfg) -> RunPlan:
     check_data(cfg.data)
     drafter = drafter_spec(getattr(cfg, "drafter", None))
     settings = {k: _plain(getattr(cfg, k)) for k in ("model", "data", "decode")}
-    run_key = hashlib.sha256(json.dumps({**settings, "drafter": drafter}, sort_keys=True).encode()).hexdigest()[:16]
+    keyed = {**settings, "decode": dict(settings["decode"]), "drafter": drafter}
+    if keyed["decode"].get("engine") == "auto":  # runs made before the option existed keep their key
+        del keyed["decode"]["engine"]
+    run_key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     return RunPlan(tuple(arms), *(SimpleNamespace(**settings[k]) for k in ("model", "data", "decode")),
                    threads=cfg.threads, nll=bool(getattr(cfg, "nll", True)), bootstrap=cfg.bootstrap,
                    run_key=run_key, drafter=drafter)
