@@ -88,10 +88,12 @@ class TraceConf:
     max_new_tokens: int = 128
     probe_depth: int = 8  # K: drafts probed per position (replay serves policies up to this depth)
     cost_reps: int = 30  # repetitions per point of the cost curve (medians)
+    engine: str = "auto"  # the decoder's engine for the recording and its cost model (replay_report decodes with it)
 
 
 def check_recording(cfg) -> None:
     """The settings of a recording (``record_into``) as one-line ``UserError``s."""
+    from specpolicy.decoding.engine import ENGINES
     from specpolicy.runs import checks
 
     for ok, message in (
@@ -99,6 +101,8 @@ def check_recording(cfg) -> None:
         (1 <= cfg.probe_depth <= 32, f"probe_depth={cfg.probe_depth} is invalid; allowed: 1 <= probe_depth <= 32"),
         (cfg.cost_reps >= 1, f"cost_reps={cfg.cost_reps} is invalid; allowed: an integer >= 1"),
         (cfg.threads >= 1, f"threads={cfg.threads} is invalid; allowed: an integer >= 1"),
+        (cfg.get("engine", "auto") in ENGINES,
+         f"engine={cfg.get('engine', 'auto')} is unknown; allowed: {', '.join(ENGINES)}"),
     ):
         if not ok:
             raise UserError(message)
@@ -113,18 +117,22 @@ def record_into(cfg, out: Path):
     import torch
     from omegaconf import OmegaConf
 
+    from specpolicy.decoding.engine import check_engine
     from specpolicy.replay.record import record_trace
     from specpolicy.runs import checks
 
     torch.set_num_threads(cfg.threads)
     drafter = cfg.get("drafter") if hasattr(cfg, "get") else getattr(cfg, "drafter", None)
     model = checks.load(cfg.model, drafter)
+    engine = cfg.get("engine", "auto")
+    check_engine(model, engine)
     prompts, data_info = checks.prompts_for(cfg.data, model.tokenizer)
     config = OmegaConf.to_container(OmegaConf.create({"model": cfg.model, "drafter": checks.drafter_spec(drafter),
                                                       "data": cfg.data, "trace": {
-        "max_new_tokens": cfg.max_new_tokens, "probe_depth": cfg.probe_depth, "cost_reps": cfg.cost_reps}}))
+        "max_new_tokens": cfg.max_new_tokens, "probe_depth": cfg.probe_depth, "cost_reps": cfg.cost_reps,
+        "engine": engine}}))
     trace = record_trace(model, [p.ids for p in prompts], cfg.max_new_tokens, cfg.probe_depth, cfg.cost_reps,
-                         names=[p.id for p in prompts],
+                         names=[p.id for p in prompts], engine=engine,
                          meta={"data": data_info, "config": config, "threads": cfg.threads,
                                "torch": torch.__version__})
     trace.save(out)

@@ -4,7 +4,7 @@
     python -m experiments.replay_report trace=... n_prompts=5 'policies=[threshold:{"tau_trust":0.9}]'
 
 For every policy (default: each registered policy at its defaults plus a few parameter sets), the trace's prompts are
-decoded for real (``generate(..., max_new_tokens=N, max_draft=K)``, interleaved with ``ar`` by the shared harness)
+decoded for real (``generate(..., max_new_tokens=N, max_draft=K, engine=<the trace's>)``, interleaved with ``ar`` by the shared harness)
 and replayed (``specpolicy.replay.compare``). Lossless policies must agree exactly per prompt (steps, new tokens,
 accepted-length histogram, acceptance by depth); lossy ones are shown side by side (TPF, lossy error rate), since
 their replay is an approximation (see ``specpolicy.replay.simulate``).
@@ -102,7 +102,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> list[dict]:
     if cfg.cost == "measure":
         ctx = list(trace.prompt_ids[0]) + [int(t) for t in trace.tokens[0]]
         trace = dataclasses.replace(trace, cost=measure_cost(model, ctx, trace.k_max, cfg.cost_reps,
-                                                             loop_reps=cfg.loop_reps, loop_tokens=trace.max_new_tokens))
+                                                             loop_reps=cfg.loop_reps, loop_tokens=trace.max_new_tokens,
+                                                             engine=trace.meta.get("engine", "auto")))
     (run_dir / "cost.json").write_text(json.dumps({"source": cfg.cost, **trace.cost.to_dict()}, indent=2))
     results, ar = decode_real(model, trace, policies)
     rows = []

@@ -92,8 +92,8 @@ def _trim(hist):
 
 
 def decode_real(model, trace: Trace, policies: dict, progress: bool = True) -> tuple[dict, list]:
-    """Decode every trace prompt with every policy (``max_new_tokens`` N, ``max_draft`` K of the trace) and with
-    ``ar``, interleaved by the shared harness; a ``step_cost`` left None is filled from the trace's cost model, as
+    """Decode every trace prompt with every policy (``max_new_tokens`` N, ``max_draft`` K and the engine of the
+    trace) and with ``ar``, interleaved by the shared harness; a ``step_cost`` left None is filled from the trace's cost model, as
     ``replay`` fills it. Returns ({label: [GenerationResult per prompt]}, [ar result per
     prompt]); ``ar``'s wall clock is the reference of the wall-clock speedup."""
     from specpolicy.decoding.harness import interleaved, policy_runner
@@ -101,8 +101,9 @@ def decode_real(model, trace: Trace, policies: dict, progress: bool = True) -> t
     policies = {label: with_step_cost(p, trace.cost) for label, p in policies.items()}  # as replay() fills them
     labels = {label: label for label in policies}
     ar_label = next(f"ar#{i}" for i in range(len(policies) + 1) if f"ar#{i}" not in labels)
-    runners = {label: policy_runner(model, (lambda p=p: p), max_draft=trace.k_max) for label, p in policies.items()}
-    runners[ar_label] = policy_runner(model, "ar", max_draft=trace.k_max)
+    kw = {"max_draft": trace.k_max, "engine": trace.meta.get("engine", "auto")}
+    runners = {label: policy_runner(model, (lambda p=p: p), **kw) for label, p in policies.items()}
+    runners[ar_label] = policy_runner(model, "ar", **kw)
     out: dict[str, list] = {label: [None] * trace.n_prompts for label in runners}
     for c in interleaved(list(trace.prompt_ids), runners, trace.max_new_tokens, progress=progress, desc="decode"):
         out[c.label][c.index] = c.result

@@ -69,20 +69,21 @@ def eos_ignored(model):
         gc.eos_token_id = saved
 
 
-def chain_features(model, prompt: list[int], tokens: list[int], draft: np.ndarray) -> dict[str, np.ndarray]:
+def chain_features(model, prompt: list[int], tokens: list[int], draft: np.ndarray,
+                   engine: str = "auto") -> dict[str, np.ndarray]:
     """The target along every drafted chain: for each row n one forward over [t_n, d_1..d_K] on a KV cache of
-    prompt + t_0..t_{n-1} (cropped back to t_n after it), exactly the decoder's verify forward for a K-draft block.
+    prompt + t_0..t_{n-1} (cropped back to t_n after it), exactly the decoder's verify forward for a K-draft block
+    (the decoder's ``engine``).
 
     draft: [N-1, K] -> target_chain [N-1, K+1] (greedy token after [t_n, d_1..d_j], j = 0..K); p_draft, p_rank,
     p_top1, p_entropy [N-1, K] (``p_features`` of d_j after [t_n, d_1..d_{j-1}]); and ``mismatch``: rows whose first
     target token differs from the recorded t_{n+1} (block vs one-token forward rounding; 0 in float64).
     """
     import torch
-    from transformers import DynamicCache
 
     from specpolicy.decoding.acceptance import p_features
+    from specpolicy.decoding.engine import causal_forward
 
-    body, head = model.target.get_decoder(), model.target.get_output_embeddings()
     rows, k = draft.shape
     ids = torch.tensor([list(prompt)], device=model.device)
     chain = torch.as_tensor(np.concatenate([np.asarray(tokens[:rows], np.int64)[:, None], draft], 1),
@@ -91,11 +92,11 @@ def chain_features(model, prompt: list[int], tokens: list[int], draft: np.ndarra
            "p_rank": np.empty((rows, k), np.int32), "p_top1": np.empty((rows, k), np.float32),
            "p_entropy": np.empty((rows, k), np.float32)}
     with torch.inference_mode():
-        cache = DynamicCache(config=model.target.config)
-        body(input_ids=ids, cache=cache)
+        fwd = causal_forward(model.target, engine)
+        fwd.forward(ids)
         for n in range(rows):
-            logits = head(body(input_ids=chain[n][None], cache=cache).last_hidden_state)[0]  # [K+1, V]
-            cache.crop(-k)  # keep t_n: the next row's block starts after it
+            logits = fwd.logits(fwd.forward(chain[n][None]))[0]  # [K+1, V]
+            fwd.crop(len(prompt) + n + 1)  # keep t_n: the next row's block starts after it
             feats = p_features(torch.softmax(logits[:k].float(), -1), chain[n, 1:])  # row j-1: p before d_j
             out["target_chain"][n] = logits.argmax(-1).cpu().numpy()
             for name, value in feats.items():
@@ -105,8 +106,10 @@ def chain_features(model, prompt: list[int], tokens: list[int], draft: np.ndarra
 
 
 def record_trace(model, prompts, max_new_tokens: int = 128, probe_depth: int = 8, cost_reps: int = 30,
-                 names: list[str] | None = None, progress: bool = True, meta: dict | None = None) -> Trace:
-    """Decode every prompt (token id lists) greedily with ``ar`` and a ``ChainProbe(probe_depth)``; the trace.
+                 names: list[str] | None = None, progress: bool = True, meta: dict | None = None,
+                 engine: str = "auto") -> Trace:
+    """Decode every prompt (token id lists) greedily with ``ar`` and a ``ChainProbe(probe_depth)`` on ``engine``
+    (as ``generate``'s; the cost model and the chain forwards use it too, and ``meta["engine"]`` records it).
 
     Example:
         >>> trace = record_trace(load_model("tiny"), [p.ids for p in prompts], 128, 8)
@@ -121,14 +124,14 @@ def record_trace(model, prompts, max_new_tokens: int = 128, probe_depth: int = 8
     arrays = {k: [] for k in ("tokens", "draft", "q", "entropy", "margin", "target_chain", "p_draft", "p_rank",
                               "p_top1", "p_entropy")}
     cost = measure_cost(model, list(prompts[0]) * (1 + N // max(len(prompts[0]), 1)), K, cost_reps,  # fail fast
-                        loop_reps=1, loop_tokens=min(N, 48))
+                        loop_reps=1, loop_tokens=min(N, 48), engine=engine)
     mismatch, t0 = 0, time.perf_counter()
     with eos_ignored(model) as (quiet, eos):
         for ids in tqdm(prompts, desc="record", unit="prompt", disable=not progress, dynamic_ncols=True):
             probe = ChainProbe(K)
-            res = generate(quiet, list(ids), "ar", max_new_tokens=N, probe=probe)
+            res = generate(quiet, list(ids), "ar", max_new_tokens=N, probe=probe, engine=engine)
             rows = probe.arrays(N)
-            feats = chain_features(model, list(ids), list(res.token_ids), rows["draft"])
+            feats = chain_features(model, list(ids), list(res.token_ids), rows["draft"], engine)
             mismatch += feats.pop("mismatch")
             arrays["tokens"].append(np.asarray(res.token_ids, np.int32))
             for key, value in {**rows, **feats}.items():
@@ -140,7 +143,7 @@ def record_trace(model, prompts, max_new_tokens: int = 128, probe_depth: int = 8
         "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device), "eos_ids": eos,
         "prompt_names": list(names) if names else [f"prompt{i}" for i in range(len(prompts))],
         "chain_first_token_mismatch": mismatch, "record_s": round(time.perf_counter() - t0, 2),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cost": cost.to_dict(), **(meta or {}),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cost": cost.to_dict(), "engine": engine, **(meta or {}),
     }
     stacked = {k: np.stack(v) for k, v in arrays.items()}
     return Trace(tuple(tuple(int(t) for t in p) for p in prompts), cost=cost, meta=info, **stacked)
