@@ -53,8 +53,15 @@ def test_identical_column_detects_a_difference():
     ("peers=[use_mtp,use_mtp]", "peers lists 'use_mtp' twice"),
     ("assistant_tokens=0", "assistant_tokens=0 is invalid"),
     ("assistant_confidence=1.5", "assistant_confidence=1.5 is invalid"),
+    ("engine=fast", "engine=fast is unknown; allowed: auto, lean, packed, transformers"),
 ])
 def test_bad_peer_settings_are_one_line(override, message):
     with pytest.raises(UserError, match=message.replace("?", r"\?").replace("(", r"\(")) as err:
         validate(bench_cfg(override))
     assert "\n" not in str(err.value)
+
+
+def test_bench_runs_our_variants_on_the_packed_engine(tmp_path):
+    res = execute(bench_cfg("engine=packed", "policies=[ar,'fixed:{\"k\":3}']", "peers=[]"), tmp_path)
+    assert res["engine"] == "packed" and "our variants' engine: packed" in (tmp_path / "bench.md").read_text()
+    assert all(r["identical_to_generate"] for r in res["rows"].values())

@@ -37,6 +37,9 @@ CASES = {
     "max_new_tokens negative": (["decode.max_new_tokens=-3"], "max_new_tokens=-3 is invalid"),
     "not an int": (["decode.max_new_tokens=many"], "could not be converted to Integer"),
     "run mode with a sweep": (["policy=fixed,threshold"], "add --multirun"),
+    "unknown engine": (["decode.engine=fast"], "decode.engine=fast is unknown; allowed: auto, lean, packed"),
+    "packed engine in float64": (["decode.engine=packed", "model.dtype=float64"],
+                                 "engine='packed' cannot run this target (dtype torch.float64"),
 }
 SUBPROCESS = ["unknown policy", "out of range", "unknown parameter", "missing model path", "empty prompt",
               "max_new_tokens 0"]

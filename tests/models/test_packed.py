@@ -83,3 +83,15 @@ def test_packed_weights_follow_in_place_changes():
 
 def test_lean_target_is_unpacked_by_default(tiny):
     assert all(layer.packed is None for layer in LeanTarget(tiny.target).layers)
+
+
+def test_a_trace_recorded_on_the_packed_engine_says_so_and_its_chain_agrees(tiny):
+    from specpolicy.replay.record import record_trace
+
+    prompt = tiny.tokenizer("def parse(line):\n    ")["input_ids"]
+    trace = record_trace(tiny, [prompt], max_new_tokens=12, probe_depth=3, cost_reps=1, progress=False,
+                         engine="packed")
+    assert trace.meta["engine"] == "packed"
+    # the recorder's chain forward and the decoder ran the same engine: the chain's first token is the decoded one
+    assert trace.meta["chain_first_token_mismatch"] == 0
+    assert (trace.target_chain[0, :, 0] == trace.tokens[0, 1:]).all()
