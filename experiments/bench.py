@@ -18,9 +18,8 @@ and the transformers peers of ``peers``, all on the same target weights and the 
 - ``use_mtp``: ``generate(use_mtp=True)``, transformers' own MTP drafting (needs a target with ``num_mtp_layers``);
 - ``assisted``: ``generate(assistant_model=draft)``, the draft model of ``assistant`` (default: the bench's drafter if
   it is a draft model, else the one shipped beside the target, which shares the target's tokenizer, embedding and
-  LM head); ``assistant_tokens`` drafts per step, constant
-  schedule (transformers' ``heuristic`` schedule carries its draft length from one call to the next, which would
-  couple prompts and variants), no confidence stop;
+  LM head); ``assistant_tokens`` drafts per step, constant schedule (transformers' ``heuristic`` schedule carries its
+  draft length from one call to the next, which would couple prompts and variants), no confidence stop;
 - ``assisted_conf``: the same with ``assistant_confidence_threshold=assistant_confidence`` (drafting stops early
   when the draft's probability of its token falls below it; transformers re-fits the threshold within each call);
 - ``prompt_lookup``: ``generate(prompt_lookup_num_tokens=lookup_tokens, max_matching_ngram_size=lookup_ngram)``.
@@ -29,9 +28,8 @@ Per variant: tokens/s, its ratio to our ``ar`` and to ``generate()``, TPF (our d
 for a peer a forward hook on the target model counts them, prefill included as in ours), whether the run was
 lossless (ours: no trusted or relaxed token; a greedy peer always is) and whether its output is identical to greedy
 ``generate()`` on every prompt (when the ``generate`` peer is off, its output is computed once, untimed). Also
-measured: the cost model (``specpolicy.decoding.cost``): c(m) = time of a target forward over m tokens / over
-1 token, and one drafting step relative to a 1-token target forward. Writes ``bench.json`` and ``bench.md`` to
-the run directory.
+measured: the cost model (``specpolicy.decoding.cost``): c(m) = time of a target forward over m tokens / over 1
+token, and one drafting step relative to a 1-token target forward. Writes ``bench.json`` and ``bench.md``.
 """
 
 from __future__ import annotations
@@ -277,6 +275,7 @@ def speed(cfg, policies: dict) -> dict:
     from specpolicy.decoding.harness import interleaved, policy_runner
     from specpolicy.policies import step_cost_missing, with_step_cost
     from specpolicy.runs import checks
+    from specpolicy.runs.environment import cpu_name
 
     torch.set_num_threads(cfg.threads)
     hf_logging.disable_progress_bar()  # generate(use_mtp=True) shows a weight-loading bar at every call
@@ -315,17 +314,7 @@ def speed(cfg, policies: dict) -> dict:
             "n_prompts": len(prompts), "data": data_info, "new_tokens": cfg.new_tokens, "repeats": cfg.repeats,
             "threads": torch.get_num_threads(), "engine": cfg.engine, "model": model.fingerprint(),
             "drafter": model.drafter_name,
-            "torch": torch.__version__, "cpu": _cpu_name()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+            "torch": torch.__version__, "cpu": cpu_name()}
 
 
 def memory_probe(model_conf: dict, n_prompts: int, new_tokens: int, policy: str, threads: int) -> int:

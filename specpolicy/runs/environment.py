@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["environment_info", "git_revision"]
+__all__ = ["cpu_name", "environment_info", "git_revision"]
 
 
 def git_revision(cwd: str | Path | None = None) -> dict:
@@ -37,6 +37,22 @@ def git_revision(cwd: str | Path | None = None) -> dict:
     return {"commit": head.strip() if head else None, "dirty": bool(status.strip()) if status is not None else None}
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none).
+
+    Example:
+        >>> cpu_name()
+        'AMD EPYC'
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def environment_info(model, threads: int, data: dict | None = None) -> dict:
     """Versions, platform, device, threads, git revision, model fingerprint and card sha, and ``data`` (fingerprints).
 
@@ -53,6 +69,7 @@ def environment_info(model, threads: int, data: dict | None = None) -> dict:
         "transformers": transformers.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
