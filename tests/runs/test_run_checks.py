@@ -60,11 +60,20 @@ def test_validate_returns_the_plan_with_full_params():
     assert arms[-1].params == {"tau_extend": 0.5, "tau_trust": 0.9, "k_max": 6}
     assert arms[1].params == {"k": 6}  # fixed at the policy's k_max
     assert [a.label for a in validate(Cfg(baselines=False)).arms] == ["threshold"]
-    assert plan.generate_kw == {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_draft": 16} and not plan.sampling
+    assert plan.generate_kw == {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_draft": 16, "engine": "auto"}
+    assert not plan.sampling
     assert plan.model.path == "tiny" and plan.data.n_prompts == 2 and plan.decode.max_new_tokens == 8
     other = validate(Cfg(decode=Decode(max_new_tokens=9)))
     assert len(plan.run_key) == 16 and other.run_key != plan.run_key  # records of other settings do not mix
     assert validate(Cfg(threads=1)).run_key == plan.run_key  # threads do not change what is decoded
+
+    @dataclass
+    class WithEngine(Decode):
+        engine: str = "auto"
+
+    assert validate(Cfg(decode=WithEngine())).run_key == plan.run_key  # auto: the key of runs before the option
+    packed = validate(Cfg(decode=WithEngine(engine="packed")))
+    assert packed.run_key != plan.run_key and packed.generate_kw["engine"] == "packed"
 
 
 @pytest.mark.parametrize(
