@@ -17,7 +17,8 @@ The walk, for j = 1..m (``judge`` answers from the target's block forward, or fr
 
 then nothing after an EOS is committed (the block is cut after it). ``clean`` -- every draft committed so far passed
 the strict rule -- is handed to the judge: while it holds, the block is on the target's own path, which a replay
-needs to know to look the target's tokens up in a trace.
+needs to know to look the target's tokens up in a trace. ``relaxes(verdicts, judge)``: whether a relaxed rule changes a
+strict walk's block (only by accepting its one rejected draft), which lets the replay reuse strict walks.
 
 Example:
     >>> from specpolicy.policies import StepState, get_policy
@@ -35,7 +36,7 @@ from typing import Protocol
 
 from ..policies import Action, ActionKind, Policy, StepState
 
-__all__ = ["Block", "Judge", "draft_phase", "trust_mask", "walk", "TARGET", "VERIFIED", "RELAXED", "TRUSTED"]
+__all__ = ["Block", "Judge", "draft_phase", "relaxes", "trust_mask", "walk", "TARGET", "VERIFIED", "RELAXED", "TRUSTED"]
 
 TARGET, VERIFIED, RELAXED, TRUSTED = "target", "verified", "relaxed", "trusted"  # provenance of a committed token
 _EXTEND, _TRUST = ActionKind.EXTEND, ActionKind.TRUST
@@ -46,12 +47,20 @@ _VERIFIED = (VERIFIED,) * 4096  # provenance of a strict walk's accepted drafts 
 NextDraft = Callable[[int], "tuple[int, float, float, float] | None"]
 
 
-def draft_phase(policy: Policy, state: StepState, next_draft: NextDraft) -> tuple[StepState, Action]:
+def _extended(state: StepState, features: tuple[int, float, float, float]) -> StepState:
+    return state.extended(*features)
+
+
+def draft_phase(policy: Policy, state: StepState, next_draft: NextDraft,
+                extend: Callable[[StepState, object], StepState] = _extended) -> tuple[StepState, Action]:
     """Ask ``policy`` until it stops extending (or the budget is spent); ``next_draft`` drafts each new depth.
 
     When the drafter has no draft to offer (``next_draft`` returns None: a model-free drafter found no match), the
     budget shrinks to the current depth and the policy is asked once more, so it still chooses VERIFY or TRUST for
     the drafts it has. Returns the final state (drafts d_1..d_m with their features) and the action that ended it.
+    ``extend(state, answer)`` grows the state by next_draft's answer: by default the features of d_{m+1}
+    (``StepState.extended``); the replay answers the whole prefix d_1..d_{m+1}, built once per trace, and grows
+    with ``StepState.with_prefix`` (the same states, without the per-depth tuple concatenations).
     """
     decide, m, budget = policy.decide, len(state.drafts), state.budget
     while True:
@@ -63,7 +72,7 @@ def draft_phase(policy: Policy, state: StepState, next_draft: NextDraft) -> tupl
             state = replace(state, budget=m)
             budget = m
         else:
-            state = state.extended(*f)
+            state = extend(state, f)
             m += 1
 
 
@@ -169,3 +178,21 @@ def walk(drafts: Sequence[int], mask: Sequence[bool], judge: Judge, relaxed: boo
     fields["verdicts"], fields["accept_prob"] = tuple(verdicts), tuple(probs)
     fields["accepted"], fields["walked"], fields["eos"] = accepted, walked, cut
     return block
+
+
+def relaxes(verdicts: Sequence[bool], judge: Judge) -> bool:
+    """Whether a policy's relaxed rule changes the strict walk (of a block without trusted drafts) whose verdicts are
+    ``verdicts``: the relaxed walk asks the rule first at the first draft the strict rule rejects (the strict walk's
+    last verdict), and when the rule rejects it too, both walks commit the same tokens with the same verdicts, so the
+    strict walk's block is the relaxed walk's. True: walk again with ``relaxed=True``. The replay reuses strict walks.
+
+    Example:
+        >>> class No:
+        ...     def strict(self, j, clean): return (j == 0, float(j == 0))
+        ...     def relaxed(self, j): return False
+        ...     def target(self, j, clean, rejected): return 99
+        >>> block = walk((5, 6, 7), (False,) * 3, No())
+        >>> relaxes(block.verdicts, No()), walk((5, 6, 7), (False,) * 3, No(), relaxed=True) == block
+        (False, True)
+    """
+    return bool(verdicts) and not verdicts[-1] and judge.relaxed(len(verdicts) - 1)

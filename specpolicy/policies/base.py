@@ -145,6 +145,23 @@ class StepState:
         fields["margin"] = old["margin"] + (margin,)
         return new
 
+    def with_prefix(self, prefix: tuple[tuple, tuple, tuple, tuple]) -> StepState:
+        """This state with its per-draft fields replaced by ``prefix`` = (drafts, confidence, entropy, margin) for
+        d_1..d_j, equal to ``replace(self, drafts=..., confidence=..., entropy=..., margin=...)`` but built without
+        ``__init__``; the replay grows a state this way from prefixes it builds once per trace (j calls of
+        ``extended`` from a state without drafts give the same state).
+
+        Example:
+            >>> one = StepState(budget=4).extended(17, 0.9, 0.3, 0.8)
+            >>> StepState(budget=4).with_prefix(((17,), (0.9,), (0.3,), (0.8,))) == one
+            True
+        """
+        new = _new(StepState)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields["drafts"], fields["confidence"], fields["entropy"], fields["margin"] = prefix
+        return new
+
     @staticmethod
     def at_step(step: int, position: int, budget: int, stats: AcceptanceStats, last_accepted: int,
                 native_depths: int) -> StepState:
@@ -243,6 +260,10 @@ class Policy(ABC):
     name: ClassVar[str] = "custom"
     acceptance: AcceptanceRule | None = None
     requires_drafter: str | None = None  # a drafter's name: the decoder and the replay refuse any other
+    # False: this class's own ``decide`` never reads ``state.stats`` (nor hands the state to anything that could), so
+    # the replay may leave the running statistics out of the states it builds (``reads_stats``). Declare it in the
+    # class body next to ``decide``: a subclass that overrides ``decide`` reads stats again unless it declares too.
+    reads_stats: ClassVar[bool] = True
 
     @abstractmethod
     def decide(self, state: StepState) -> Action:
@@ -270,3 +291,22 @@ class Policy(ABC):
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({inner})"
+
+
+def reads_stats(policy: Policy) -> bool:
+    """Whether ``policy.decide`` may read ``state.stats``: True unless the class that defines the ``decide`` in use
+    declares ``reads_stats = False`` in its own body (so a subclass with its own ``decide`` never inherits the promise).
+
+    Example:
+        >>> class Fixed1(Policy):
+        ...     reads_stats = False
+        ...     def decide(self, state): return Action.verify()
+        >>> class Peeks(Fixed1):
+        ...     def decide(self, state): return Action.extend() if state.stats.rate(1) > 0.9 else Action.verify()
+        >>> reads_stats(Fixed1()), reads_stats(Peeks())
+        (False, True)
+    """
+    for klass in type(policy).__mro__:
+        if "decide" in vars(klass):
+            return vars(klass).get("reads_stats", True) is not False
+    return True

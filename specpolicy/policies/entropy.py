@@ -32,6 +32,7 @@ class EntropyPolicy(Policy):
     """Extend until the last draft's entropy exceeds ``max_entropy`` (nats) or the depth reaches ``k_max``. Lossless."""
 
     name = "entropy"
+    reads_stats = False  # decide reads the drafts' features and the budget only
 
     def __init__(self, max_entropy: float = 1.0, k_max: int = 6) -> None:
         self.max_entropy = check_param(self.name, "max_entropy", max_entropy, 0, None)

@@ -26,6 +26,7 @@ class ARPolicy(Policy):
     """Plain autoregressive decoding: never draft, verify at depth 0 (the target commits one token per step)."""
 
     name = "ar"
+    reads_stats = False  # decide reads nothing of the state
 
     def decide(self, state: StepState) -> Action:
         return _VERIFY
@@ -42,6 +43,7 @@ class FixedPolicy(Policy):
     """
 
     name = "fixed"
+    reads_stats = False  # decide reads the depth and the budget only
 
     def __init__(self, k: int = 4) -> None:
         self.k = check_param(self.name, "k", k, 1, MAX_DEPTH, integer=True)

@@ -110,6 +110,7 @@ class GoodputPolicy(Policy):
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
         self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
+        self._seen = (None, [])  # (the stats of the step being drafted, its r_0, r_1, ... computed so far)
 
     @property
     def lossless(self) -> bool:
@@ -131,7 +132,13 @@ class GoodputPolicy(Policy):
         """G(m + h) > G(m) for some h = 1..min(lookahead, limit - m) (module docstring)."""
         w, g, tau = self.weight, self.gamma, self.tau_trust
         conf, stats = state.confidence, state.stats
-        rate = self._rates(stats.accepted, stats.attempted)
+        stop = min(m + self.lookahead, limit)
+        seen, rate = self._seen
+        if seen is not stats:  # a new step (stats are immutable): its rates are computed once, as they are needed
+            self._seen = stats, rate = stats, []
+        if len(rate) < stop:
+            r_j = self._rates(stats.accepted, stats.attempted)
+            rate.extend(r_j(j) for j in range(len(rate), stop))
         p = e = 1.0
         trusting = tau < 1
         for j in range(m):  # E(m) over the drafts so far
@@ -140,13 +147,13 @@ class GoodputPolicy(Policy):
                 e += p  # a trusted draft is committed whatever its verdict: a_j = 1
                 continue
             trusting = False
-            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * rate(j)
+            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * rate[j]
             e += p
         t = self._t
         ratio_e, ratio_t = e, t[m]  # G(m) = ratio_e / ratio_t
         last = w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0
-        for j in range(m, min(m + self.lookahead, limit)):  # depth j+1, not drafted yet
-            r = rate(j)
+        for j in range(m, stop):  # depth j+1, not drafted yet
+            r = rate[j]
             p *= (last + (1.0 - w) * r) if m else r
             e += p
             if e * ratio_t > ratio_e * t[j + 1]:

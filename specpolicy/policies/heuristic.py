@@ -33,6 +33,7 @@ class HeuristicPolicy(Policy):
     """Draft ``k`` tokens; grow k by 2 after a fully accepted step, shrink it by 1 otherwise (k_min <= k <= k_max)."""
 
     name = "heuristic"
+    reads_stats = False  # decide reads the depth, the budget and its own k only
 
     def __init__(self, k_init: int = 4, k_min: int = 1, k_max: int = 16) -> None:
         self.k_init = check_param(self.name, "k_init", k_init, 1, MAX_DEPTH, integer=True)

@@ -38,6 +38,7 @@ class ThresholdPolicy(Policy):
     """
 
     name = "threshold"
+    reads_stats = False  # decide reads the drafts' features and the budget only
 
     def __init__(self, tau_extend: float = 0.5, tau_trust: float = 1.0, k_max: int = 6) -> None:
         self.tau_extend = check_param(self.name, "tau_extend", tau_extend, 0, 1)

@@ -4,6 +4,7 @@
     record.py    ``record_trace``: greedy decodes with the drafter's chain probed at every position
     simulate.py  ``replay(policy, trace)``: the decoder's step core over trace lookups; exact for lossless policies
     compare.py   real decodes in the same terms (``decode_real``), side by side with a replay (``compare_row``)
+    speed.py     ``replay_speed``: how fast each policy replays (a benchmark)
 
 The device ``CostModel`` lives in ``specpolicy.decoding.cost`` (re-exported here).
 
@@ -34,9 +35,9 @@ from .simulate import (
     ReplayError,
     ReplayResult,
     replay,
-    replay_speed,
     summarise_prompts,
 )
+from .speed import replay_speed
 from .trace import TRACE_VERSION, CostModel, Trace, TraceError, load_trace, synthetic_trace
 
 __all__ = [

@@ -4,11 +4,12 @@ For each prompt, the decoder's step with the models replaced by trace lookups (n
 token, row n of the trace); the step itself is the decoder's own (``specpolicy.decoding.step``):
 
     state = StepState(step, position=n+1, budget=min(max_new - (n+1) - 1, max_draft), stats, last_accepted, ...)
-    draft_phase(policy, state, next_draft)        next_draft(j) = (draft[n, j-1], q, H, margin)[n, j-1] of the trace
+    draft_phase(policy, state, prefix, grow)      prefix(j) = (draft, q, H, margin)[n, :j] of the trace, built once
     walk(d_1..d_m, trust_mask(action), judge)     judge: verdict_j = (d_j == the target's token at chain position j),
                                                   read from tokens[n + j] (clean block) or target_chain[n, j-1];
-                                                  relaxed rules read the trace's p features (``RelaxedRule``)
-    policy.observe(StepOutcome(...)); stats.updated(outcome)
+                                                  relaxed rules read the trace's p features (``RelaxedRule``);
+                                                  a strict walk is memoised per (trace, n, m): a pure function
+    policy.observe(StepOutcome(...)); stats.updated(outcome)     (the stats not for ``reads_stats = False`` policies)
 
 Exact for lossless policies under greedy decoding: the committed sequence is the target's greedy sequence whatever
 the schedule, so steps, TPF, the accepted-length histogram and acceptance by depth equal the real decoder's (run with
@@ -24,12 +25,12 @@ prompts for any built-in policy. Flagged ``approximate`` with a note, never exac
 precision (bf16/fp16 round the block and one-token forwards differently, so the recorded chain can disagree with the
 decoder at near-ties), and a trace whose recorder saw its chain forward disagree with the one-token decode
 (``chain_first_token_mismatch`` > 0: the chain's verdicts differ from the decoder's at those positions; the summary's
-``chain_mismatch``). Approximate, and flagged
-``approximate: True`` with a note, once a trusted or relaxed token the target rejects is
-committed (an error): the rest of that step is still exact (the trace holds the target's tokens and p along every
-drafted chain), but the replay then continues along the recorded target-greedy sequence, whereas the real run
-continues after the wrong token and diverges from there. Relaxed rules read p from the recording's chain forward,
-which may differ from the decoder's block forward in the last bits (decisions exactly at a rule's boundary).
+``chain_mismatch``). Approximate, and flagged ``approximate: True`` with a note, once a trusted or relaxed token the
+target rejects is committed (an error): the rest of that step is still exact (the trace holds the target's tokens
+and p along every drafted chain), but the replay then continues along the recorded target-greedy sequence, whereas
+the real run continues after the wrong token and diverges from there. Relaxed rules read p from the recording's
+chain forward, which may differ from the decoder's block forward in the last bits (decisions exactly at a rule's
+boundary).
 
 Time is modelled with the trace's cost model: a step with m drafts costs ``c(m+1) * t_target(1) + m * t_mtp``, and
 ``modelled_speedup = sum over prompts of (new_tokens - 1) * t_target(1)  /  sum of the policy's step costs``
@@ -50,16 +51,16 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from specpolicy.decoding.acceptance import PFeatures, relaxed_rule
-from specpolicy.decoding.step import RELAXED, TRUSTED, draft_phase, trust_mask, walk
+from specpolicy.decoding.step import TRUSTED, VERIFIED, draft_phase, relaxes, trust_mask, walk
 from specpolicy.errors import UserError
 from specpolicy.policies import ActionKind, Policy, StepOutcome, StepState, get_policy, with_step_cost
-from specpolicy.policies.base import AcceptanceStats
+from specpolicy.policies.base import AcceptanceStats, reads_stats
 
 from .trace import Trace
 
 _TRUST = ActionKind.TRUST
 
-__all__ = ["CONFIDENCE_TOLERANCE", "PromptReplay", "ReplayError", "ReplayResult", "replay", "replay_speed", "summarise_prompts"]
+__all__ = ["CONFIDENCE_TOLERANCE", "PromptReplay", "ReplayError", "ReplayResult", "replay", "summarise_prompts"]
 
 NOTE_TRUST = ("errors (committed trusted/relaxed tokens the target rejects) are exact within their step, but the replay "
               "then continues along the recorded target-greedy sequence; a real run continues after the wrong token")
@@ -124,19 +125,30 @@ class ReplayResult:
 
 _OK, _NO = (True, 1.0), (False, 0.0)  # greedy verdicts: (accepted, acceptance probability)
 _VERDICT = (_NO, _OK).__getitem__  # bool -> verdict
-_TABLES: WeakKeyDictionary = WeakKeyDictionary()  # trace -> (trace.rows it was built from, per-prompt row tables)
+_features = PFeatures._make  # (p_draft, p_rank, p_top1, p_entropy) -> PFeatures
+_TABLES: WeakKeyDictionary = WeakKeyDictionary()  # trace -> (trace.rows and eos ids it was built for, tables)
+
+
+def _prefixes(D, Q, E, M) -> list:
+    """``[j]``: d_1..d_j of one row as ``StepState.with_prefix`` takes them (j = 1..K); None from the first depth
+    without a recorded draft on (``draft_phase`` asks no deeper once ``next_draft`` has nothing)."""
+    n = next((j for j, d in enumerate(D) if d < 0), len(D))  # depths with a recorded draft
+    D, Q, E, M = tuple(D), tuple(Q), tuple(E), tuple(M)
+    return [None, *((D[:j], Q[:j], E[:j], M[:j]) for j in range(1, n + 1))] + [None] * (len(D) - n)
 
 
 def _row_tables(trace: Trace) -> list[list[tuple]]:
-    """Per prompt i, per row n: what one step at row n reads, looked up once per trace (``trace.rows`` rebuilt means
-    rebuilt): ``(next_draft, strict verdicts on the clean block, on the chain, the target's tokens on the clean
-    block, on the chain, the p features)``. ``next_draft(j)`` is ``(d_j, q, H, margin)`` or None where no draft was
-    recorded; the clean block's target token at position j is ``tokens[n + 1 + j]``, the chain's ``target_chain[n,
-    j]`` (``_Judge``)."""
-    rows = trace.rows
+    """Per prompt i, per row n: what one step at row n reads, built once per trace (rebuilt if ``trace.rows`` or the
+    EOS ids change): ``(prefixes, strict verdicts on the clean block, on the chain, the target's tokens
+    on the clean block, on the chain, the p features per depth, strict walks)``; ``prefixes``: ``_prefixes``; the
+    clean block's target token at position j is ``tokens[n + 1 + j]``, the chain's ``target_chain[n, j]``
+    (``_Judge``); ``strict walks[m]``: ``_strict_block``, filled on first use. Each is a function of the trace and
+    the row alone, so every later replay of the trace reuses it. (Prefixes and memos are tuples of plain numbers,
+    which the garbage collector stops tracking: a big trace adds little to its full collections.)"""
+    rows, key = trace.rows, trace.eos_ids
     cached = _TABLES.get(trace)
-    if cached is not None and cached[0] is rows:
-        return cached[1]
+    if cached is not None and cached[0] is rows and cached[1] == key:
+        return cached[2]
     P, N, K = trace.n_prompts, trace.max_new_tokens, trace.k_max
     after = np.minimum(np.arange(N - 1)[:, None] + np.arange(1, K + 1)[None, :], N - 1)  # [N-1, K]: n + 1 + j
     clean_ok = (trace.draft == trace.tokens[:, after]).tolist()  # [P, N-1, K]; read only where n + 1 + j < N
@@ -145,15 +157,10 @@ def _row_tables(trace: Trace) -> list[list[tuple]]:
     for i in range(P):
         toks, D, Q, E, M, C = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin", "target_chain"))
         pf = [rows[k][i] for k in PFeatures._fields]
-        table = []
-        for n in range(N - 1):
-            feats = [None, *zip(D[n], Q[n], E[n], M[n])]
-            if min(D[n], default=0) < 0:
-                feats = [f if f is None or f[0] >= 0 else None for f in feats]
-            table.append((feats.__getitem__, tuple(map(_VERDICT, clean_ok[i][n])), tuple(map(_VERDICT, chain_ok[i][n])),
-                          toks[n + 1 : n + 2 + K], C[n], tuple(f[n] for f in pf)))
-        tables.append(table)
-    _TABLES[trace] = (rows, tables)
+        tables.append([(_prefixes(D[n], Q[n], E[n], M[n]).__getitem__, tuple(map(_VERDICT, clean_ok[i][n])),
+                        tuple(map(_VERDICT, chain_ok[i][n])), toks[n + 1 : n + 2 + K], C[n],
+                        tuple(zip(*(f[n] for f in pf))), [None] * (K + 1)) for n in range(N - 1)])
+    _TABLES[trace] = (rows, key, tables)
     return tables
 
 
@@ -168,69 +175,103 @@ class _Judge:
     def __init__(self, rule):
         self.accept = rule.accept_features if rule is not None else None
 
+    def at(self, row: tuple) -> _Judge:
+        _, self.ok_clean, self.ok_chain, self.t_clean, self.t_chain, self.pf, _ = row
+        return self
+
     def strict(self, j: int, clean: bool) -> tuple[bool, float]:
         return self.ok_clean[j] if clean else self.ok_chain[j]
 
     def relaxed(self, j: int) -> bool:
-        pd, pr, pt, pe = self.pf
-        return self.accept(PFeatures(pd[j], pr[j], pt[j], pe[j]))
+        return self.accept(_features(self.pf[j]))  # built per call: plain tuples in the table go untracked by gc
 
     def target(self, j: int, clean: bool, rejected: bool) -> int:
         return self.t_clean[j] if clean else self.t_chain[j]
 
 
-def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: int, max_draft: int, k_trace: int,
-                   native_depths: int, eos: frozenset, step_cost: list[float]) -> PromptReplay:
-    judge, relaxed, start_state = _Judge(rule), rule is not None, StepState.at_step
-    observe = policy.observe
-    if getattr(observe, "__func__", None) is Policy.observe:
-        observe = None  # the hook does nothing: no StepOutcome to build
+class _StatsLeftOut:
+    """``state.stats`` for a policy that declares ``reads_stats = False``: reading it is a broken declaration."""
+
+    def __getattr__(self, name):
+        raise TypeError(f"a policy declares reads_stats = False but its decide read state.stats.{name}; allowed: "
+                        "remove the declaration (the default, reads_stats = True)")
+
+
+_STATS_LEFT_OUT = _StatsLeftOut()
+
+
+def _strict_block(row: tuple, drafts: tuple, judge: _Judge, eos: frozenset) -> tuple:
+    """The strict walk of the row's d_1..d_m (``drafts``), memoised in the row: ``(eos, accepted, verdicts, committed
+    tokens, len(verdicts), leading accepts among them, the all-False trust mask)``; a strict walk's verdicts are that
+    many accepts, then at most one reject."""
+    m, mask = len(drafts), (False,) * len(drafts)
+    block = walk(drafts, mask, judge.at(row), False, eos)
+    v = block.verdicts
+    memo = row[6][m] = (block.eos, block.accepted, v, len(block.committed), len(v), len(v) - (not v[-1] if v else 0),
+                        mask)
+    return memo
+
+
+def _depth_counts(walked: list[int], ok: list[int], other: AcceptanceStats) -> tuple[tuple, tuple]:
+    """``AcceptanceStats``' (attempted, accepted) of a prompt from ``walked[n]`` / ``ok[n]``: strict steps with n
+    verdicts / n leading accepts, and ``other``: the counts of the other steps."""
+    width = max([n for n, c in enumerate(walked) if c] + [len(other.attempted)])
+    att, acc = other.attempted + (0,) * width, other.accepted + (0,) * width
+    return (tuple(sum(walked[j + 1 :]) + att[j] for j in range(width)),
+            tuple(sum(ok[j + 1 :]) + acc[j] for j in range(width)))
+
+
+def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: int, max_draft: int, full: int,
+                   native_depths: int, eos: frozenset, costs: tuple, keep: bool, observe) -> PromptReplay:
+    """One prompt's replay (``replay``'s plan: ``full`` is the trace's depth K if ``max_draft`` is K, else -1)."""
+    judge, relaxed, start_state, grow = _Judge(rule), rule is not None, StepState.at_step, StepState.with_prefix
     policy.reset()
-    stats, last_accepted = AcceptanceStats(), -1
-    new, steps, drafted, acc_total, trusted_n, relaxed_n, rejects, capped = 1, 0, 0, 0, 0, 0, 0, 0
-    hist = [0] * (max_draft + 1)
-    time_s, t_mtp = 0.0, step_cost[-1]
-    draft_s = [m * t_mtp for m in range(max_draft + 1)]
-    verify_s = [step_cost[m] - m * t_mtp for m in range(max_draft + 1)]
-    full = max_draft if max_draft == k_trace else -1  # a step with m == full drafted the trace's whole depth
+    other = AcceptanceStats()  # not ``keep``: the counts of lossy steps, tallies of strict ones (``_depth_counts``)
+    stats = AcceptanceStats() if keep else _STATS_LEFT_OUT
+    last_accepted, new, steps, drafted, capped, lossy, time_s = -1, 1, 0, 0, 0, [0, 0, 0], 0.0
+    hist, walked_n, ok_n = [0] * (max_draft + 1), [0] * (max_draft + 1), [0] * (max_draft + 1)
+    step_cost, draft_s, verify_s = costs
     finished = t0 in eos
     while new < max_new and not finished:
-        next_draft, judge.ok_clean, judge.ok_chain, judge.t_clean, judge.t_chain, judge.pf = table[new - 1]
+        row = table[new - 1]
         left = max_new - new - 1
         state, action = draft_phase(policy, start_state(steps, new, left if left < max_draft else max_draft, stats,
-                                                        last_accepted, native_depths), next_draft)
+                                                        last_accepted, native_depths), row[0], grow)
         m = len(state.drafts)
-        mask = trust_mask(action, m)
-        if m == full and left > m:
-            capped += 1  # drafted the trace's full depth with token budget to spare: a deeper trace might go on
-        block = walk(state.drafts, mask, judge, relaxed, eos)
-        finished = block.eos
-        accepted = block.accepted
-        if accepted and (relaxed or action.kind is _TRUST):  # lossy tokens can only come from these
-            prov = block.provenance
-            if TRUSTED in prov or RELAXED in prov:
-                for c in range(accepted):
-                    kind = prov[c]
-                    if kind == TRUSTED or kind == RELAXED:
-                        trusted_n += kind == TRUSTED
-                        relaxed_n += kind == RELAXED
-                        rejects += not block.verdicts[c]
+        capped += m == full and left > m  # drafted the trace's full depth with token budget to spare
+        strict = action.kind is not _TRUST
+        if strict:  # the strict walk: the same for every visit of (row, m); a relaxed rule may change it (``relaxes``)
+            finished, accepted, verdicts, committed, n_walked, n_ok, mask = (
+                row[6][m] or _strict_block(row, state.drafts, judge, eos))
+            strict = not relaxed or n_walked == n_ok or not relaxes(verdicts, judge.at(row))
+            if strict:
+                walked_n[n_walked] += 1
+                ok_n[n_ok] += 1
+        if not strict:  # trusted drafts, or a relaxed rule that accepts a draft the strict rule rejects
+            mask = trust_mask(action, m)
+            block = walk(state.drafts, mask, judge.at(row), relaxed, eos)
+            finished, accepted, verdicts, committed = block.eos, block.accepted, block.verdicts, len(block.committed)
+            for kind, ok in zip(block.provenance[: block.accepted], block.verdicts):  # the committed drafts
+                if kind != VERIFIED:  # trusted or relaxed: lossy [trusted, relaxed, wrong]
+                    lossy[0 if kind == TRUSTED else 1] += 1
+                    lossy[2] += not ok
+            other = other if keep else other._plus(verdicts)
         steps += 1
         drafted += m
-        acc_total += accepted
         hist[accepted] += 1
         time_s += step_cost[m]
-        committed = len(block.committed)
         new += committed
-        verdicts = block.verdicts
         if observe is not None:
             observe(StepOutcome.of(m, accepted, mask, verdicts, committed, draft_s[m], verify_s[m]))
-        stats, last_accepted = stats._plus(verdicts), accepted  # = stats.updated(outcome)
+        if keep:
+            stats = stats._plus(verdicts)  # = stats.updated(outcome)
+        last_accepted = accepted
+    reached, ok = (stats.attempted, stats.accepted) if keep else _depth_counts(walked_n, ok_n, other)
     return PromptReplay(
-        new_tokens=new, steps=steps, drafted=drafted, accepted=acc_total, trusted_tokens=trusted_n,
-        relaxed_tokens=relaxed_n, shadow_rejects=rejects, accepted_hist=tuple(hist), accept_reached=stats.attempted,
-        accept_ok=stats.accepted, modelled_s=time_s, ar_modelled_s=(new - 1) * step_cost[0],
-        finished_by="eos" if finished else "length", depth_capped_steps=capped, diverged=rejects > 0,
+        new_tokens=new, steps=steps, drafted=drafted, accepted=sum(a * c for a, c in enumerate(hist)),
+        trusted_tokens=lossy[0], relaxed_tokens=lossy[1], shadow_rejects=lossy[2], accepted_hist=tuple(hist),
+        accept_reached=reached, accept_ok=ok, modelled_s=time_s, ar_modelled_s=(new - 1) * step_cost[0],
+        finished_by="eos" if finished else "length", depth_capped_steps=capped, diverged=lossy[2] > 0,
     )
 
 
@@ -267,11 +308,12 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     if not isinstance(max_draft, int) or not 0 <= max_draft <= K:
         raise ReplayError(f"max_draft={max_draft!r} is invalid; allowed: 0 <= max_draft <= {K} (the trace's probe "
                           "depth; record a deeper trace for more)")
-    step_cost = [trace.cost.step_s(m) for m in range(max_draft + 1)] + [trace.cost.t_mtp]  # [-1]: one draft
-    tables, t0, eos = _row_tables(trace), trace.rows["tokens"], trace.eos_ids
-    rule = relaxed_rule(policy.acceptance)
-    prompts = tuple(_replay_prompt(policy, tables[i], t0[i][0], rule, max_new, max_draft, K, trace.native_depths, eos,
-                                   step_cost) for i in range(trace.n_prompts))
+    step, t_mtp, t0 = [trace.cost.step_s(m) for m in range(K + 1)], trace.cost.t_mtp, trace.rows["tokens"]
+    costs = (step, [m * t_mtp for m in range(K + 1)], [t - m * t_mtp for m, t in enumerate(step)])  # draft/verify_s
+    observe = None if getattr(policy.observe, "__func__", None) is Policy.observe else policy.observe  # no-op hook
+    plan = (relaxed_rule(policy.acceptance), max_new, max_draft, max_draft if max_draft == K else -1,
+            trace.native_depths, trace.eos_ids, costs, reads_stats(policy), observe)
+    prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan) for i, table in enumerate(_row_tables(trace)))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
     summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft,
                    dtype=trace.dtype)
@@ -300,8 +342,7 @@ def summarise_prompts(prompts, lossless: bool = True, relaxed: bool = False) -> 
     hist = [0] * max((len(p.accepted_hist) for p in prompts), default=1)
     for p in prompts:
         for j, (r, o) in enumerate(zip(p.accept_reached, p.accept_ok)):
-            reached[j] += r
-            ok[j] += o
+            reached[j], ok[j] = reached[j] + r, ok[j] + o
         for a, c in enumerate(p.accepted_hist):
             hist[a] += c
     model_s = sum(p.modelled_s for p in prompts)
@@ -339,30 +380,3 @@ def summarise_prompts(prompts, lossless: bool = True, relaxed: bool = False) -> 
         "approximate": bool(rejects or relaxed),
         "notes": notes,
     }
-
-
-def replay_speed(trace: Trace, names=None, reps: int = 3) -> dict:
-    """Seconds to replay each policy (registered names, defaults; all by default) over the whole trace in this
-    process: the median of ``reps`` runs, microseconds per policy step and policy steps per second. ``rows_s``: the
-    one-off conversion of the trace to Python lists and per-row lookup tables, which every later replay of the same
-    trace reuses. A benchmark, not a test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``)."""
-    import statistics
-    import time
-
-    from specpolicy.policies import list_policies
-
-    t0 = time.perf_counter()
-    _row_tables(trace)  # the one-off list conversion and lookup tables, timed separately
-    out = {"rows_s": time.perf_counter() - t0, "prompts": trace.n_prompts, "tokens": trace.max_new_tokens,
-           "reps": reps, "policies": {}}
-    for name in names or list_policies():
-        times, res = [], None
-        for _ in range(reps):
-            t = time.perf_counter()
-            res = replay(name, trace)
-            times.append(time.perf_counter() - t)
-        med = statistics.median(times)
-        out["policies"][name] = {"median_s": med, "steps": res.summary["steps"], "tpf": res.summary["tpf"],
-                                 "us_per_step": 1e6 * med / max(res.summary["steps"], 1),
-                                 "steps_per_s": res.summary["steps"] / med if med > 0 else float("inf")}
-    return out

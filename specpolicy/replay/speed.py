@@ -1,0 +1,43 @@
+"""How fast replay runs: ``replay_speed`` times every policy's replay of one trace (what a tuning study pays per
+trial). ``python -m experiments.tune bench_replay=true trace=T`` prints it for a trace.
+
+Example:
+    >>> out = replay_speed(load_trace("trace.safetensors"), ["fixed", "threshold"], reps=5)
+    >>> out["policies"]["threshold"]["steps_per_s"]
+"""
+
+from __future__ import annotations
+
+from .simulate import _row_tables, replay
+from .trace import Trace
+
+__all__ = ["replay_speed"]
+
+
+def replay_speed(trace: Trace, names=None, reps: int = 3) -> dict:
+    """Seconds to replay each policy (registered names, defaults; all by default) over the whole trace in this
+    process: the median of ``reps`` runs, microseconds per policy step and policy steps per second; ``first_s``: the
+    first run, which also memoises the strict walks it meets (``simulate._row_tables``). ``rows_s``: the one-off conversion
+    of the trace to Python lists and per-row lookup tables, which every later replay of the same trace reuses. A
+    benchmark, not a test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``)."""
+    import statistics
+    import time
+
+    from specpolicy.policies import list_policies
+
+    t0 = time.perf_counter()
+    _row_tables(trace)  # the one-off list conversion and lookup tables, timed separately
+    out = {"rows_s": time.perf_counter() - t0, "prompts": trace.n_prompts, "tokens": trace.max_new_tokens,
+           "reps": reps, "policies": {}}
+    for name in names or list_policies():
+        times, res = [], None
+        for _ in range(reps):
+            t = time.perf_counter()
+            res = replay(name, trace)
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        out["policies"][name] = {"median_s": med, "first_s": times[0], "steps": res.summary["steps"],
+                                 "tpf": res.summary["tpf"],
+                                 "us_per_step": 1e6 * med / max(res.summary["steps"], 1),
+                                 "steps_per_s": res.summary["steps"] / med if med > 0 else float("inf")}
+    return out

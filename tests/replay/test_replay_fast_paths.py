@@ -1,0 +1,149 @@
+"""The replay's fast paths change no result: states grown from per-trace prefixes, strict walks memoised per
+(trace, row, m), a relaxed rule asked only where it can change a strict walk (``relaxes``), and the running stats
+left out for policies that declare ``reads_stats = False`` (a declaration that lies fails loudly)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+import specpolicy.calibration  # noqa: F401 - registers ``calibrated``
+import specpolicy.replay.simulate as simulate
+from specpolicy.decoding.step import draft_phase, relaxes, walk
+from specpolicy.policies import (
+    AcceptanceStats,
+    Action,
+    FixedPolicy,
+    GoodputPolicy,
+    StepState,
+    get_policy,
+    list_policies,
+)
+from specpolicy.policies.base import reads_stats
+from specpolicy.replay import replay, synthetic_trace
+
+DECLARED = {"ar", "fixed", "threshold", "entropy", "heuristic", "typical", "topk_relaxed"}  # reads_stats = False
+VARIANTS = [(name, {}) for name in list_policies()] + [
+    ("threshold", {"tau_extend": 0.3, "tau_trust": 0.8, "k_max": 5}), ("heuristic", {"k_init": 2, "k_max": 6}),
+    ("typical", {"eps": 0.2, "k": 3}), ("topk_relaxed", {"k_top": 2, "delta": 0.5, "k": 5}),
+    ("goodput", {"tau_trust": 0.8}), ("goodput", {"explore": 0.0, "lookahead": 1, "weight": 0.3, "gamma": 2.0})]
+
+
+def _traces():
+    return [synthetic_trace(n_prompts=4, max_new_tokens=40, k_max=6, seed=21),
+            synthetic_trace(n_prompts=4, max_new_tokens=40, k_max=6, seed=22, eos_ids=(5, 7, 9))]
+
+
+def _digest(res):
+    return repr((res.prompts, sorted(res.summary.items())))
+
+
+def test_built_in_declarations():
+    assert {name for name in list_policies() if not reads_stats(get_policy(name))} == DECLARED
+
+    class Peeks(FixedPolicy):  # its own decide: the inherited promise does not cover it
+        def decide(self, state):
+            return Action.extend() if state.depth < 1 + (state.stats.rate(1) > 0.5) else Action.verify()
+
+    assert reads_stats(Peeks(k=2)) and not reads_stats(FixedPolicy(k=2))
+
+
+def test_leaving_stats_out_changes_no_result(monkeypatch):
+    """Every registered policy and variant, with and without EOS, two horizons: the replay that leaves the stats
+    out of the states (and tallies them at the end) equals the one that keeps them in every state."""
+    cases = [(t, name, params, kw) for t, (name, params), kw in
+             itertools.product(_traces(), VARIANTS, ({}, {"max_new_tokens": 17, "max_draft": 3}))]
+    fast = [_digest(replay(name, t, **kw, **params)) for t, name, params, kw in cases]
+    monkeypatch.setattr(simulate, "reads_stats", lambda policy: True)
+    kept = [_digest(replay(name, t, **kw, **params)) for t, name, params, kw in cases]
+    assert fast == kept
+
+
+def test_a_policy_that_reads_stats_sees_them_and_a_false_declaration_fails():
+    class Reader(FixedPolicy):
+        def reset(self):
+            self.expected, self.seen = AcceptanceStats(), []
+
+        def observe(self, outcome):
+            self.expected = self.expected.updated(outcome)
+
+        def decide(self, state):
+            self.seen.append(state.stats == self.expected)
+            return super().decide(state) if state.stats.rate(1) > 0.2 else Action.verify()
+
+    trace = _traces()[0]
+    reader = Reader(k=3)
+    res = replay(reader, trace)
+    assert reader.seen and all(reader.seen) and res.prompts[-1].accept_reached == reader.expected.attempted
+
+    class Liar(Reader):
+        reads_stats = False  # declared next to a decide that reads them
+
+        def decide(self, state):
+            return Action.extend() if state.depth < 1 + (state.stats.rate(1) > 0.5) else Action.verify()
+
+    with pytest.raises(TypeError, match="reads_stats = False"):
+        replay(Liar(k=3), trace)
+
+
+def test_memoised_walks_do_not_depend_on_what_was_replayed_before():
+    fresh = [_digest(replay("fixed", t, max_new_tokens=17, k=3)) for t in _traces()]
+    warm = []
+    for t in _traces():
+        for name, params in VARIANTS:
+            replay(name, t, **params)  # fills the memo along other schedules and the full horizon
+        warm.append(_digest(replay("fixed", t, max_new_tokens=17, k=3)))
+    assert warm == fresh
+
+
+def test_states_grown_from_prefixes_equal_extended_ones():
+    feats = {1: (11, 0.9, 0.2, 0.8), 2: (12, 0.4, 1.1, 0.1), 3: (13, 0.7, 0.5, 0.3)}
+    prefixes = simulate._prefixes([11, 12, 13, -1], [0.9, 0.4, 0.7, 0.0], [0.2, 1.1, 0.5, 0.0], [0.8, 0.1, 0.3, 0.0])
+    for k, budget in itertools.product(range(1, 6), range(0, 5)):
+        start = StepState(step=2, position=7, budget=budget, last_accepted=1, native_depths=2)
+        slow = draft_phase(get_policy("fixed", k=k), start, feats.get)
+        fast = draft_phase(get_policy("fixed", k=k), start, prefixes.__getitem__, StepState.with_prefix)
+        assert fast == slow
+
+
+class _Judge:
+    def __init__(self, strict, relax):
+        self.ok, self.relax = strict, relax
+
+    def strict(self, j, clean):
+        return (self.ok[j], float(self.ok[j])) if clean else (not self.ok[j], 0.5)
+
+    def relaxed(self, j):
+        return self.relax[j]
+
+    def target(self, j, clean, rejected):
+        return 100 + j + 50 * (not clean)
+
+
+def test_relaxes_is_exactly_where_a_relaxed_walk_differs_from_the_strict_one():
+    rng = random.Random(5)
+    for _ in range(400):
+        m = rng.randint(0, 5)
+        judge = _Judge([rng.random() < 0.6 for _ in range(m + 1)], [rng.random() < 0.5 for _ in range(m + 1)])
+        drafts, eos = tuple(rng.randint(1, 9) for _ in range(m)), rng.choice([(), (3,)])
+        strict = walk(drafts, (False,) * m, judge, False, eos)
+        lossy = walk(drafts, (False,) * m, judge, True, eos)
+        assert (lossy != strict) == relaxes(strict.verdicts, judge)
+
+
+def test_goodput_rates_reused_within_a_step_equal_fresh_ones():
+    rng = random.Random(3)
+    kept = GoodputPolicy(step_cost=(1.0, 1.2, 1.35, 1.5, 1.7))
+    for _ in range(300):
+        n = rng.randint(0, 4)
+        att = tuple(rng.randint(0, 20) for _ in range(n))
+        stats = AcceptanceStats(att, tuple(rng.randint(0, a) for a in att))
+        state = StepState(budget=rng.randint(1, 9), stats=stats)
+        while True:
+            fresh = GoodputPolicy(step_cost=kept.step_cost).decide(state)
+            assert kept.decide(state) == fresh
+            if fresh.kind.value != "extend":
+                break
+            state = state.extended(1, rng.random(), 0.5, 0.5)
