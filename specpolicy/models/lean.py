@@ -14,7 +14,7 @@ falls back to the transformers modules for it.
 matmuls over weights packed once (q/k/v and gate/up fused into one matrix each; CPU float32 only, ``packed_unsupported``
 says why not). MKL, which ``F.linear`` calls, has no fast kernel for 2-5 rows: on the embedded model a block of 4 costs
 ~1.5 one-token forwards, about as much as one with the packed weights. Its results differ from transformers' in the last
-bits (another summation order), so this engine is opt-in: its outputs leave ``generate()``'s only at numerical
+bits (another summation order), so this engine is opt-in: its greedy outputs can leave ``generate()``'s at numerical
 near-ties, the float32 class README "What lossless means" describes for blocks.
 
 Example:
@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import torch
@@ -69,17 +70,23 @@ def packed_unsupported(weight: torch.Tensor) -> str | None:
     return None
 
 
+_PACKED: dict[int, tuple] = {}  # id(first weight) -> (key of the weight set, packed); dropped with the weight
+
+
 def _pack(*ws: torch.Tensor) -> torch.Tensor:
-    """The oneDNN-packed weight of ``ws`` stacked by rows, packed once per weight set and kept on the first weight
-    (packed again after an in-place change of any of them: tensor versions are part of the key; an inference tensor
-    has none, and is packed once)."""
+    """The oneDNN-packed weight of ``ws`` stacked by rows, packed once per weight set (packed again after an in-place
+    change of any of them: tensor versions are part of the key; an inference tensor has none, and is packed once).
+    Kept beside the model, not on it, so the model still pickles and saves as before."""
+    first = id(ws[0])
     key = tuple((id(w), -1 if w.is_inference() else w._version) for w in ws)
-    hit = getattr(ws[0], "_specpolicy_packed", None)
+    hit = _PACKED.get(first)
     if hit is None or hit[0] != key:
         with torch.inference_mode():
             w = torch.cat(ws) if len(ws) > 1 else ws[0].detach()
             hit = (key, torch.ops.mkldnn._reorder_linear_weight(w, 4))
-        ws[0]._specpolicy_packed = hit
+        if first not in _PACKED:
+            weakref.finalize(ws[0], _PACKED.pop, first, None)
+        _PACKED[first] = hit
     return hit[1]
 
 
@@ -88,11 +95,13 @@ def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class _Head:
-    """The LM head ``lm.get_output_embeddings()``: the module itself, or its weight packed (a bias-free Linear)."""
+    """The LM head ``lm.get_output_embeddings()``: the module itself, or with ``packed`` its weight packed (a bias-free
+    ``nn.Linear``; any other head runs as the module)."""
 
     def __init__(self, module, packed: bool):
         self.module = module
-        self.w = _pack(module.weight) if packed else None
+        plain = isinstance(module, torch.nn.Linear) and module.bias is None
+        self.w = _pack(module.weight) if packed and plain else None
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         return self.module(h) if self.w is None else _packed_linear(h, self.w)

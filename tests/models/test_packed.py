@@ -3,6 +3,8 @@ function as the lean forward up to float32 rounding, through blocks and crops, f
 their heads; it declines what it cannot run in one line; its packed weights follow in-place weight changes. That its
 greedy outputs equal transformers' on the shipped model is checked in tests/decoding/test_shipped_model.py."""
 
+import gc
+
 import pytest
 import torch
 
@@ -79,6 +81,23 @@ def test_packed_weights_follow_in_place_changes():
     w.mul_(2.0)  # e.g. a training step between two evaluations
     with torch.inference_mode():
         torch.testing.assert_close(_packed_linear(x, _pack(w)), 2 * first, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_that_ran_packed_still_saves(tiny, tmp_path):
+    generate(tiny, [5, 6, 7], "fixed", k=2, max_new_tokens=3, engine="packed")
+    torch.save(tiny.target, tmp_path / "target.pt")  # the packed weights are kept beside the model, not on it
+
+
+def test_packed_weights_go_with_their_model():
+    from specpolicy.models import lean
+
+    w = torch.nn.Parameter(torch.randn(16, 8), requires_grad=False)
+    _pack(w)
+    assert id(w) in lean._PACKED
+    key = id(w)
+    del w
+    gc.collect()
+    assert key not in lean._PACKED
 
 
 def test_lean_target_is_unpacked_by_default(tiny):
