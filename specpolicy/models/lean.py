@@ -203,15 +203,10 @@ class LeanLayer:
         n1 = n0 + m
         kv.k[i, :, :, n0:n1], kv.v[i, :, :, n0:n1] = k, v
         keys, values = kv.k[i, :, :, :n1], kv.v[i, :, :, :n1]  # [1, kv_heads, n1, D]
-        if mask is None:  # transformers: GQA inside SDPA, causal for a prefill
-            o = F.scaled_dot_product_attention(q, keys, values, scale=self.scaling, is_causal=m > 1,
-                                               enable_gqa=self.heads != self.kv_heads)
-        else:  # transformers: repeat_kv, then SDPA with the boolean mask
-            g = self.heads // self.kv_heads
-            if g > 1:
-                keys = keys[:, :, None].expand(1, self.kv_heads, g, n1, D).reshape(1, self.heads, n1, D)
-                values = values[:, :, None].expand(1, self.kv_heads, g, n1, D).reshape(1, self.heads, n1, D)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+        # transformers passes a boolean mask for a block after a cache and repeats the kv heads first (repeat_kv);
+        # SDPA's own GQA gives the same bits on CPU (tests/models/test_lean.py) without copying the cache per layer
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling,
+                                           is_causal=mask is None and m > 1, enable_gqa=self.heads != self.kv_heads)
         o = o.reshape(1, -1, m, D).transpose(1, 2).contiguous().reshape(1, m, -1).contiguous()  # [1, m, heads*D]
         x = x + self._out(o)
         return x + self._mlp(_rms(x, self.w[5], self.eps[1]))
