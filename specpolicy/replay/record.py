@@ -5,8 +5,8 @@ Each prompt is decoded with ``generate(model, ids, "ar", max_new_tokens=N, probe
 over each chain [t_n, d_1..d_K] (as the decoder verifies a block) adds the target's token after every chain prefix
 and ``p_features`` of every d_j: the exact verdicts and relaxed-rule inputs along the chain. EOS is ignored while
 recording (N tokens always) and its ids are stored: replay stops at EOS as the decoder does. The cost model
-(``decoding.cost.measure_cost``, read off one round of the decoder's own steps) is measured in the same process,
-before decoding.
+(``decoding.cost.measure_cost``, read off three interleaved rounds of the decoder's own steps: one round let a
+transient load on a shared CPU put c(2) at 0.73 once) is measured in the same process, before decoding.
 
 Example:
     >>> trace = record_trace(load_model("tiny"), [p.ids for p in prompts], max_new_tokens=128, probe_depth=8)
@@ -124,7 +124,7 @@ def record_trace(model, prompts, max_new_tokens: int = 128, probe_depth: int = 8
     arrays = {k: [] for k in ("tokens", "draft", "q", "entropy", "margin", "target_chain", "p_draft", "p_rank",
                               "p_top1", "p_entropy")}
     cost = measure_cost(model, list(prompts[0]) * (1 + N // max(len(prompts[0]), 1)), K, cost_reps,  # fail fast
-                        loop_reps=1, loop_tokens=min(N, 48), engine=engine)
+                        loop_reps=3, loop_tokens=min(N, 32), engine=engine)
     mismatch, t0 = 0, time.perf_counter()
     with eos_ignored(model) as (quiet, eos):
         for ids in tqdm(prompts, desc="record", unit="prompt", disable=not progress, dynamic_ncols=True):
