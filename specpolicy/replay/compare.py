@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from specpolicy.decoding.cost import speedups
 from specpolicy.policies import with_step_cost
 
 from .simulate import HALF, PromptReplay, replay, summarise_prompts
@@ -119,9 +120,6 @@ def compare_row(label: str, policy, trace: Trace, results: list, ar: list) -> di
     for p_rep, res in zip(rep.prompts, results):
         p_real = prompt_from_generation(res, trace.cost, trace.k_max)
         same += all(_norm(getattr(p_rep, f)) == _norm(getattr(p_real, f)) for f in PER_PROMPT)
-    new = sum(len(r.token_ids) for r in results)
-    wall = sum(r.stats.wall_s for r in results)
-    ar_rate = sum(len(r.token_ids) for r in ar) / sum(r.stats.wall_s for r in ar)
     s = rep.summary
     return {
         "policy": label, "lossless": policy.lossless, "prompts": len(results), "prompts_equal": same,
@@ -134,7 +132,8 @@ def compare_row(label: str, policy, trace: Trace, results: list, ar: list) -> di
         "replay_lossy_rate": s["lossy_token_rate"], "real_lossy_rate": real["lossy_token_rate"],
         "replay_mean_draft": s["mean_draft_len"], "real_mean_draft": real["mean_draft_len"],
         "replay_speedup": s["modelled_speedup"], "real_speedup_modelled": real["modelled_speedup"],
-        "real_speedup_wall": (new / wall) / ar_rate if wall > 0 else float("nan"),
+        # decode phase (prefill and its token left out), as the modelled speedups are
+        "real_speedup_wall": speedups(results, ar, trace.cost)["measured"],
         "depth_capped_steps": s["depth_capped_steps"],
     }
 

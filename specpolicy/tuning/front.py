@@ -82,4 +82,4 @@ def remeasure_table(rows: list[dict]) -> str:
                      f"{r['replay_error']:>9.4f}/{r['real_error']:<9.4f}  "
                      f"{r['replay_speedup']:>10.3f}/{r['real_speedup_modelled']:<11.3f}  "
                      f"{r['real_speedup_wall']:>12.2f}  {r['prompts_equal']}/{r['prompts']}")
-    return "\n".join(lines) + "\n(*modelled with the trace's cost model; wall: tokens/s vs ar in the same process)"
+    return "\n".join(lines) + "\n(*modelled with the trace's cost model; wall: decode-phase tokens/s vs ar in the same process, prefill excluded as in the model)"
