@@ -49,7 +49,7 @@ def prompt_from_generation(res, cost: CostModel, k_max: int) -> PromptReplay:
         new_tokens=new, steps=len(res.steps), drafted=sum(len(s.drafts) for s in res.steps),
         accepted=sum(s.accepted for s in res.steps), trusted_tokens=prov["trusted"], relaxed_tokens=prov["relaxed"],
         shadow_rejects=res.stats.shadow_rejects, accepted_hist=tuple(hist), accept_reached=tuple(reached),
-        accept_ok=tuple(ok), modelled_s=sum(cost.step_s(len(s.drafts)) for s in res.steps),
+        accept_ok=tuple(ok), modelled_s=cost.generation_s(res),
         ar_modelled_s=(new - 1) * cost.step_s(0), finished_by=res.finished_by, depth_capped_steps=0,
         diverged=res.stats.shadow_rejects > 0,
     )

@@ -51,6 +51,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from specpolicy.decoding.acceptance import PFeatures, relaxed_rule
+from specpolicy.decoding.drafters.mtp import CatchUp
 from specpolicy.decoding.step import TRUSTED, VERIFIED, draft_phase, relaxes, trust_mask, walk
 from specpolicy.errors import UserError
 from specpolicy.policies import ActionKind, Policy, StepOutcome, StepState, get_policy, with_step_cost
@@ -222,8 +223,10 @@ def _depth_counts(walked: list[int], ok: list[int], other: AcceptanceStats) -> t
 
 
 def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: int, max_draft: int, full: int,
-                   native_depths: int, eos: frozenset, costs: tuple, keep: bool, observe) -> PromptReplay:
-    """One prompt's replay (``replay``'s plan: ``full`` is the trace's depth K if ``max_draft`` is K, else -1)."""
+                   native_depths: int, eos: frozenset, costs: tuple, keep: bool, observe,
+                   catch_up: tuple | None) -> PromptReplay:
+    """One prompt's replay (``replay``'s plan: ``full`` is the trace's depth K if ``max_draft`` is K, else -1;
+    ``catch_up``: (t_row, prompt length) where the cost model prices catch-up rows, else None)."""
     judge, relaxed, start_state, grow = _Judge(rule), rule is not None, StepState.at_step, StepState.with_prefix
     policy.reset()
     other = AcceptanceStats()  # not ``keep``: the counts of lossy steps, tallies of strict ones (``_depth_counts``)
@@ -231,6 +234,7 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
     last_accepted, new, steps, drafted, capped, lossy, time_s = -1, 1, 0, 0, 0, [0, 0, 0], 0.0
     hist, walked_n, ok_n = [0] * (max_draft + 1), [0] * (max_draft + 1), [0] * (max_draft + 1)
     step_cost, draft_s, verify_s = costs
+    t_row, rows = (catch_up[0], CatchUp(catch_up[1]).step) if catch_up else (0.0, None)
     finished = t0 in eos
     while new < max_new and not finished:
         row = table[new - 1]
@@ -259,10 +263,11 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
         steps += 1
         drafted += m
         hist[accepted] += 1
-        time_s += step_cost[m]
+        extra = (rows(m, committed) - m) * t_row if rows is not None else 0.0
+        time_s += step_cost[m] + extra
         new += committed
         if observe is not None:
-            observe(StepOutcome.of(m, accepted, mask, verdicts, committed, draft_s[m], verify_s[m]))
+            observe(StepOutcome.of(m, accepted, mask, verdicts, committed, draft_s[m] + extra, verify_s[m]))
         if keep:
             stats = stats._plus(verdicts)  # = stats.updated(outcome)
         last_accepted = accepted
@@ -313,7 +318,9 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     observe = None if getattr(policy.observe, "__func__", None) is Policy.observe else policy.observe  # no-op hook
     plan = (relaxed_rule(policy.acceptance), max_new, max_draft, max_draft if max_draft == K else -1,
             trace.native_depths, trace.eos_ids, costs, reads_stats(policy), observe)
-    prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan) for i, table in enumerate(_row_tables(trace)))
+    t_row = trace.cost.t_row  # drafts that catch up several rows (``CatchUp``): the prompt length is where it starts
+    prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan, (t_row, len(trace.prompt_ids[i])) if t_row else None)
+                    for i, table in enumerate(_row_tables(trace)))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
     summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft,
                    dtype=trace.dtype)

@@ -13,6 +13,7 @@ import torch
 
 from specpolicy.decoding import DraftProbe, generate
 from specpolicy.decoding.acceptance import warp
+from specpolicy.decoding.drafters.mtp import CatchUp, MTPDrafter
 from specpolicy.models.mtp import mtp_chain_logits
 
 CASES = [
@@ -65,3 +66,32 @@ def test_drafts_equal_cache_free_chain(tiny, seed, k, policy, params, decode):
     assert checked >= 10
     # the caches were cropped past drafted entries at least once (a rejection), or lossy tokens were committed
     assert any(s.accepted < len(s.drafts) for s in res.steps) or res.stats.lossy_tokens > 0
+
+
+class _CountingMTP(MTPDrafter):
+    """The MTP drafter, counting the rows (pending indices) each draft call processes, per last committed index."""
+
+    def __init__(self, mtp):
+        super().__init__(mtp)
+        self.rows: dict[int, int] = {}
+
+    def draft(self, depth, tokens, n):
+        self.rows[n] = self.rows.get(n, 0) + n - self.length(depth)
+        return super().draft(depth, tokens, n)
+
+
+@pytest.mark.parametrize(("seed", "k", "policy", "params", "decode"), [c for c in CASES if "probe" not in c[4]])
+def test_catch_up_counts_the_rows_the_drafter_processes(tiny, seed, k, policy, params, decode):
+    """``CatchUp`` (what the cost model and the replay price) follows the drafter's own bookkeeping step by step."""
+    model = tiny(seed=seed, k=k, tie=0.8)
+    prompt = [(7 * seed + 3 * i) % 64 for i in range(5 + seed)]
+    drafter = _CountingMTP(model.drafter)
+    res = generate(model, prompt, policy, max_new_tokens=30, drafter=drafter, **params, **decode)
+    cu, got = CatchUp(len(prompt)), []
+    for s in res.steps:
+        n = cu.n
+        rows = cu.step(len(s.drafts), len(s.committed))
+        got.append(rows)
+        assert rows == drafter.rows.get(n, 0), (s.step, n)
+    assert max(got) > len(prompt) and any(0 < r for r in got)  # a first draft read the whole context
+    assert sum(drafter.rows.values()) == sum(got)

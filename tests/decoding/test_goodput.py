@@ -4,12 +4,14 @@ lossless, and a run fills ``step_cost`` from the measured cost model (or, resumi
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from types import SimpleNamespace
 
 import pytest
 
 from specpolicy import generate
-from specpolicy.decoding.cost import CostModel
+from specpolicy.decoding.cost import CostModel, _fit_drafts, measure_cost
 from specpolicy.policies import get_policy, with_step_cost
 from specpolicy.replay import prompt_from_generation, replay
 from specpolicy.replay.compare import decode_real
@@ -105,3 +107,36 @@ def test_a_run_fills_step_cost_from_the_measured_cost_model_or_its_records(tmp_p
     assert again.arms[-1].params["step_cost"] == (1.0, 1.3, 1.6)  # reused, not re-measured
     with pytest.raises(Exception, match="records of another configuration"):
         check_resume(store, plan_for("goodput", k_max=2, step_cost=[1.0, 2.0]), tmp_path, __version__)
+
+
+def test_replay_prices_catch_up_rows_as_the_real_run_is_priced(model, trace):
+    """With ``t_row`` the replay's modelled seconds are the real steps' (``CostModel.generation_s``) prompt by prompt,
+    and more than without it: adaptive depths and first drafts at a depth catch up several rows."""
+    plain = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.0005)
+    rows = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.0005, t_row=0.0003)
+    for policy in (get_policy("threshold", tau_extend=0.2, k_max=K), get_policy("fixed", k=2)):
+        with_rows = replay(policy, dataclasses.replace(trace, cost=rows))
+        without = replay(policy, dataclasses.replace(trace, cost=plain))
+        for i, ids in enumerate(PROMPTS):
+            res = generate(model, ids, policy, max_new_tokens=N, max_draft=K)
+            assert with_rows.prompts[i].modelled_s == pytest.approx(rows.generation_s(res), rel=1e-12)
+            assert with_rows.prompts[i].modelled_s > without.prompts[i].modelled_s
+        assert with_rows.summary["modelled_speedup"] < without.summary["modelled_speedup"]
+
+
+def test_the_loop_cost_model_fits_a_positive_catch_up_cost(model):
+    cost = measure_cost(model, PROMPTS[3] * 3, 3, 2, loop_reps=2, loop_tokens=16)
+    assert cost.t_mtp > 0 and cost.t_row >= 0
+    assert CostModel.from_dict(cost.to_dict()) == cost
+
+
+def test_the_draft_fit_recovers_both_costs_past_timing_spikes():
+    rng = random.Random(0)
+    drafts = []
+    for i in range(300):
+        m, r = rng.randint(1, 6), rng.choice([0, 1, 2, 3, 5, 60])
+        t = 0.8e-3 * m + 20e-6 * r + rng.gauss(0, 2e-5)
+        drafts.append((m, r, t * (8 if i % 50 == 0 else 1)))  # a spike every 50 phases
+    t_mtp, t_row = _fit_drafts(drafts, fallback=1.0)
+    assert t_mtp == pytest.approx(0.8e-3, rel=0.02) and t_row == pytest.approx(20e-6, rel=0.05)
+    assert _fit_drafts([(1, 0, 1e-3), (2, 0, 2e-3), (1, 0, 1e-3)], fallback=1.5e-3) == (1.5e-3, 0.0)  # no rows seen

@@ -23,7 +23,42 @@ from transformers import DynamicCache
 from ...models.mtp import layer_for_depth, mtp_logits
 from ..engine import mtp_layer_forward
 
-__all__ = ["MTPDrafter"]
+__all__ = ["CatchUp", "MTPDrafter"]
+
+
+class CatchUp:
+    """How many rows (pending indices) the MTP drafter's calls process, step by step, from the steps alone: the same
+    bookkeeping as ``MTPDrafter`` without its tensors, for the cost model and the replay (a draft that catches up r
+    rows costs more than one of a single row: ``CostModel.t_row``).
+
+    Drafting depth j with t_n the last committed token processes the indices ``L_j .. n-1`` (n - L_j rows; the first
+    draft at a depth in a generation reads the whole context), then L_j = n; committing up to n' keeps
+    ``min(L_j, n' - j)`` entries, as ``MTPDrafter.crop`` does.
+
+    Example:
+        >>> cu = CatchUp(64)                    # the prompt is tokens 0..63; t_64 is the prefill's token
+        >>> cu.step(drafted=2, committed=3)     # depths 1 and 2 read the 64 prompt positions; both accepted
+        128
+        >>> cu.step(drafted=2, committed=1)     # each depth catches up the 3 tokens committed last step
+        6
+    """
+
+    __slots__ = ("L", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n, self.L = n, []  # n: index of the last committed token; L[j-1]: entries of depth j
+
+    def step(self, drafted: int, committed: int) -> int:
+        """Rows processed by the ``drafted`` drafts of a step that commits ``committed`` tokens; advances to the next."""
+        n, L = self.n, self.L
+        while len(L) < drafted:
+            L.append(0)
+        rows = drafted * n - sum(L[:drafted])
+        n_new = n + committed
+        for j in range(drafted):  # depths not drafted this step keep entries that read committed tokens only
+            L[j] = min(n, n_new - j - 1)
+        self.n = n_new
+        return rows
 
 
 class MTPDrafter:
