@@ -110,7 +110,10 @@ class GoodputPolicy(Policy):
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
         self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
-        self._seen = (None, [])  # (the stats of the step being drafted, its r_0, r_1, ... computed so far)
+        # the step being drafted: [its stats, r_0, r_1, ... so far, then m, P_m, E(m), trusting and the confidences
+        # E(m) was accumulated over]; r_j by depth j's (accepted, attempted) counts
+        self._seen: list = [None, [], 0, 1.0, 1.0, False, ()]
+        self._rates: dict[tuple[int, int], float] = {}
 
     @property
     def lossless(self) -> bool:
@@ -130,46 +133,57 @@ class GoodputPolicy(Policy):
 
     def _pays(self, state: StepState, m: int, limit: int) -> bool:
         """G(m + h) > G(m) for some h = 1..min(lookahead, limit - m) (module docstring)."""
-        w, g, tau = self.weight, self.gamma, self.tau_trust
-        conf, stats = state.confidence, state.stats
-        stop = min(m + self.lookahead, limit)
-        seen, rate = self._seen
-        if seen is not stats:  # a new step (stats are immutable): its rates are computed once, as they are needed
-            self._seen = stats, rate = stats, []
-        if len(rate) < stop:
-            r_j = self._rates(stats.accepted, stats.attempted)
-            rate.extend(r_j(j) for j in range(len(rate), stop))
-        p = e = 1.0
-        trusting = tau < 1
-        for j in range(m):  # E(m) over the drafts so far
+        conf, stats, seen = state.confidence, state.stats, self._seen
+        if seen[0] is not stats:  # a new step (stats are immutable): its rates are looked up as first needed
+            seen = self._seen = [stats, [], 0, 1.0, 1.0, self.tau_trust < 1, ()]
+        w, g, rate = self.weight, self.gamma, seen[1]
+        j0, p, e, trusting = seen[2], seen[3], seen[4], seen[5]
+        if j0 != m - 1 or conf[:j0] != seen[6]:  # not one draft past the chain E was accumulated over: from its start
+            j0, p, e, trusting = 0, 1.0, 1.0, self.tau_trust < 1
+        for j in range(j0, m):  # E(m) over the drafts so far (the draft phase adds one per call)
             c = conf[j]
-            if trusting and c >= tau:
+            if trusting and c >= self.tau_trust:
                 e += p  # a trusted draft is committed whatever its verdict: a_j = 1
                 continue
             trusting = False
-            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * rate[j]
+            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * (rate[j] if j < len(rate) else self._rate_at(stats, j))
             e += p
+        seen[2:] = m, p, e, trusting, conf[:m]
         t = self._t
-        ratio_e, ratio_t = e, t[m]  # G(m) = ratio_e / ratio_t
+        ratio_t = t[m]  # G(m) = e / t[m]
+        ratio_e = e
         last = w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0
-        for j in range(m, stop):  # depth j+1, not drafted yet
-            r = rate[j]
+        for j in range(m, min(m + self.lookahead, limit)):  # depth j+1, not drafted yet
+            r = rate[j] if j < len(rate) else self._rate_at(stats, j)
             p *= (last + (1.0 - w) * r) if m else r
             e += p
             if e * ratio_t > ratio_e * t[j + 1]:
                 return True
         return False
 
-    def _rates(self, acc, att):
-        """r_j (0-based j) with its exploration bonus, from this generation's counts (module docstring)."""
-        pa, pn, explore, n_seen = self.prior_accept * self.prior_n, self.prior_n, self.explore, len(att)
+    def _rate_at(self, stats, j: int) -> float:
+        """r_0 .. r_j of this step appended to its list (``_seen``) as far as needed; r_j."""
+        rate = self._seen[1]
+        while len(rate) <= j:
+            rate.append(self._rate(stats, len(rate)))
+        return rate[j]
 
-        def rate(j: int) -> float:
-            n = att[j] + pn if j < n_seen else pn
-            r = ((acc[j] if j < n_seen else 0) + pa) / n
-            return min(1.0, r + explore * math.sqrt(r * (1.0 - r) / n)) if explore else r
-
-        return rate
+    def _rate(self, stats, j: int) -> float:
+        """r_j (0-based j) with its exploration bonus, from this generation's counts (module docstring); a function
+        of depth j's two counts only, so it is computed once per pair."""
+        key = (stats.accepted[j], stats.attempted[j]) if j < len(stats.attempted) else (0, 0)
+        r = self._rates.get(key)
+        if r is None:
+            if len(self._rates) > 65536:
+                self._rates.clear()
+            acc, att = key
+            pn = self.prior_n
+            n = att + pn
+            r = (acc + self.prior_accept * pn) / n
+            if self.explore:
+                r = min(1.0, r + self.explore * math.sqrt(r * (1.0 - r) / n))
+            self._rates[key] = r
+        return r
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
