@@ -162,28 +162,25 @@ class GoodputPolicy(Policy):
         return False
 
     def _rate_at(self, stats, j: int) -> float:
-        """r_0 .. r_j of this step appended to its list (``_seen``) as far as needed; r_j."""
-        rate = self._seen[1]
+        """r_0 .. r_j of this step appended to its list (``_seen``) as far as needed; r_j. Each r_j with its
+        exploration bonus (module docstring) is a function of depth j's (accepted, attempted) counts only, so it is
+        computed once per pair."""
+        rate, memo, att = self._seen[1], self._rates, stats.attempted
         while len(rate) <= j:
-            rate.append(self._rate(stats, len(rate)))
+            i = len(rate)
+            key = (stats.accepted[i], att[i]) if i < len(att) else (0, 0)
+            r = memo.get(key)
+            if r is None:
+                if len(memo) > 65536:
+                    memo.clear()
+                pn = self.prior_n
+                n = key[1] + pn
+                r = (key[0] + self.prior_accept * pn) / n
+                if self.explore:
+                    r = min(1.0, r + self.explore * math.sqrt(r * (1.0 - r) / n))
+                memo[key] = r
+            rate.append(r)
         return rate[j]
-
-    def _rate(self, stats, j: int) -> float:
-        """r_j (0-based j) with its exploration bonus, from this generation's counts (module docstring); a function
-        of depth j's two counts only, so it is computed once per pair."""
-        key = (stats.accepted[j], stats.attempted[j]) if j < len(stats.attempted) else (0, 0)
-        r = self._rates.get(key)
-        if r is None:
-            if len(self._rates) > 65536:
-                self._rates.clear()
-            acc, att = key
-            pn = self.prior_n
-            n = att + pn
-            r = (acc + self.prior_accept * pn) / n
-            if self.explore:
-                r = min(1.0, r + self.explore * math.sqrt(r * (1.0 - r) / n))
-            self._rates[key] = r
-        return r
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
