@@ -104,8 +104,9 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
                    k = 1..K, ``loop_reps`` rounds interleaved): t_target[m] = median verify time of steps with m
                    drafts, t_mtp = median draft-phase time per draft (MTP drafter: t_mtp and t_row, the cost of each
                    row a draft catches up beyond its first, fitted to the draft phases), t_overhead = median time per
-                   step outside both phases. Isolated timings run with cold caches between calls of different sizes and a drafter
-                   caught up by exactly one position; the decoder's own steps are what a run pays.
+                   step outside both phases. Isolated timings run with cold caches between calls of different
+                   sizes and a drafter caught up by exactly one position; the decoder's own steps are what a run
+                   pays.
     """
     import torch
 
@@ -197,13 +198,11 @@ def _fit_drafts(drafts: list[tuple[int, int, float]], fallback: float) -> tuple[
         return fallback, 0.0
     x = np.array([(m, r) for m, r, _ in drafts], float)
     y = np.array([t for *_, t in drafts], float)
-    keep = np.ones(len(y), bool)
-    for _ in range(2):
-        coef = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
-        res = y - x @ coef
-        mad = float(np.median(np.abs(res[keep] - np.median(res[keep])))) or float("inf")
-        keep = np.abs(res - np.median(res[keep])) <= 4 * mad
-    t_mtp, t_row = (float(c) for c in coef)
+    res = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+    mid = np.median(res)
+    mad = float(np.median(np.abs(res - mid))) or float("inf")
+    keep = np.abs(res - mid) <= 4 * mad
+    t_mtp, t_row = (float(c) for c in np.linalg.lstsq(x[keep], y[keep], rcond=None)[0])
     return (t_mtp, t_row) if t_mtp > 0 and t_row > 0 else (fallback, 0.0)
 
 

@@ -136,13 +136,13 @@ class GoodputPolicy(Policy):
         conf, stats, seen = state.confidence, state.stats, self._seen
         if seen[0] is not stats:  # a new step (stats are immutable): its rates are looked up as first needed
             seen = self._seen = [stats, [], 0, 1.0, 1.0, self.tau_trust < 1, ()]
-        w, g, rate = self.weight, self.gamma, seen[1]
+        w, g, tau, rate = self.weight, self.gamma, self.tau_trust, seen[1]
         j0, p, e, trusting = seen[2], seen[3], seen[4], seen[5]
         if j0 != m - 1 or conf[:j0] != seen[6]:  # not one draft past the chain E was accumulated over: from its start
-            j0, p, e, trusting = 0, 1.0, 1.0, self.tau_trust < 1
+            j0, p, e, trusting = 0, 1.0, 1.0, tau < 1
         for j in range(j0, m):  # E(m) over the drafts so far (the draft phase adds one per call)
             c = conf[j]
-            if trusting and c >= self.tau_trust:
+            if trusting and c >= tau:
                 e += p  # a trusted draft is committed whatever its verdict: a_j = 1
                 continue
             trusting = False
@@ -150,8 +150,7 @@ class GoodputPolicy(Policy):
             e += p
         seen[2:] = m, p, e, trusting, conf[:m]
         t = self._t
-        ratio_t = t[m]  # G(m) = e / t[m]
-        ratio_e = e
+        ratio_e, ratio_t = e, t[m]  # G(m) = ratio_e / ratio_t
         last = w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0
         for j in range(m, min(m + self.lookahead, limit)):  # depth j+1, not drafted yet
             r = rate[j] if j < len(rate) else self._rate_at(stats, j)
