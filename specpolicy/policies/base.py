@@ -275,6 +275,16 @@ class Policy(ABC):
     def observe(self, outcome: StepOutcome) -> None:  # noqa: B027 - optional hook
         """Called after each step with what happened to its drafts."""
 
+    def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action] | None:
+        """Optional, for speed where every draft is known before the draft phase starts (the replay: a trace holds
+        them): ``chain`` = (drafts, confidence, entropy, margin) of d_1..d_n, the state's own m drafts first. Return
+        ``(j, action)``: the depth j (m <= j <= n) at which asking ``decide`` depth by depth from ``state``, with
+        d_1..d_i in the state at depth i, stops extending, and the action it then returns (past d_n the drafter has
+        nothing, so the draft phase asks once more with ``budget = n``). None, the default: the caller asks ``decide``
+        depth by depth. Used only where the class that defines the ``decide`` in use defines this too
+        (``chain_hook``); tests/replay/test_replay_fast_paths.py checks it against ``decide`` for the built-ins."""
+        return None
+
     @property
     def lossless(self) -> bool:
         return self.acceptance is None
@@ -310,3 +320,19 @@ def reads_stats(policy: Policy) -> bool:
         if "decide" in vars(klass):
             return vars(klass).get("reads_stats", True) is not False
     return True
+
+
+def chain_hook(policy: Policy):
+    """``policy.decide_chain`` where the class that defines the ``decide`` in use defines it too, else None (a
+    subclass with its own ``decide`` never inherits a chain that no longer matches it).
+
+    Example:
+        >>> class Verify(Policy):
+        ...     def decide(self, state): return Action.verify()
+        >>> chain_hook(Verify()) is None
+        True
+    """
+    for klass in type(policy).__mro__:
+        if "decide" in vars(klass):
+            return policy.decide_chain if "decide_chain" in vars(klass) else None
+    return None

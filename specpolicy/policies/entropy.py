@@ -44,6 +44,14 @@ class EntropyPolicy(Policy):
             return _VERIFY
         return _EXTEND
 
+    def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action]:
+        """``decide`` over a known chain in one call (``Policy.decide_chain``)."""
+        ent, m, n = chain[2], len(state.drafts), len(chain[2])
+        top = self.k_max if self.k_max < state.budget else state.budget
+        while m < top and m < n and (m == 0 or ent[m - 1] <= self.max_entropy):
+            m += 1
+        return m, _VERIFY
+
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
         """``max_entropy`` in [0.01, 8] nats (log scale), ``k_max`` in 1..16.

@@ -21,6 +21,13 @@ from specpolicy.policies.registry import MAX_DEPTH, check_param, register_policy
 __all__ = ["ARPolicy", "FixedPolicy"]
 
 
+def _fixed_depth(m: int, k: int, budget: int, n: int) -> int:
+    """Where asking "extend while depth < k and < budget" from depth m stops with n drafts known: past d_n the
+    drafter has none."""
+    top = k if k < budget else budget
+    return m if m >= top else (top if top < n else n)
+
+
 @register_policy
 class ARPolicy(Policy):
     """Plain autoregressive decoding: never draft, verify at depth 0 (the target commits one token per step)."""
@@ -30,6 +37,9 @@ class ARPolicy(Policy):
 
     def decide(self, state: StepState) -> Action:
         return _VERIFY
+
+    def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action]:
+        return len(state.drafts), _VERIFY
 
 
 @register_policy
@@ -51,6 +61,10 @@ class FixedPolicy(Policy):
     def decide(self, state: StepState) -> Action:
         m = len(state.drafts)
         return _EXTEND if m < self.k and m < state.budget else _VERIFY
+
+    def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action]:
+        """``decide`` over a known chain in one call (``Policy.decide_chain``): up to k, the budget, the chain."""
+        return _fixed_depth(len(state.drafts), self.k, state.budget, len(chain[0])), _VERIFY
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

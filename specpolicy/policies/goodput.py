@@ -75,6 +75,14 @@ def _cost_table(step_cost, n: int) -> tuple[float, ...]:
     return tuple(t)
 
 
+def _accumulate(c: float, r: float, p: float, e: float, trusting: bool, w: float, g: float, tau: float):
+    """(P_j, E(j), still trusting) after a drafted d_j with confidence c and acceptance estimate r_j."""
+    if trusting and c >= tau:
+        return p, e + p, True  # a trusted draft is committed whatever its verdict: a_j = 1
+    p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * r
+    return p, e + p, False
+
+
 def _check_step_cost(value) -> tuple[float, ...] | None:
     allowed = ("null (the cost model of where it runs) or a list of >= 2 positive numbers: t_step(m) / t_step(0) "
                f"for m = 0, 1, ... (at most {_MAX_COST_LEN})")
@@ -110,10 +118,8 @@ class GoodputPolicy(Policy):
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
         self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
-        # the step being drafted: [its stats, r_0, r_1, ... so far, then m, P_m, E(m), trusting and the confidences
-        # E(m) was accumulated over]; r_j by depth j's (accepted, attempted) counts
-        self._seen: list = [None, [], 0, 1.0, 1.0, False, ()]
-        self._rates: dict[tuple[int, int], float] = {}
+        self._step: list = [None, [], []]  # the stats of the step being drafted, its r_0, r_1, ... so far, (1 - w) r_j
+        self._rates: dict[tuple[int, int], float] = {}  # r_j by depth j's (accepted, attempted) counts
 
     @property
     def lossless(self) -> bool:
@@ -122,56 +128,79 @@ class GoodputPolicy(Policy):
     def decide(self, state: StepState) -> Action:
         m = len(state.drafts)
         limit = self.k_max if self.k_max < state.budget else state.budget
-        if m < limit and self._pays(state, m, limit):
+        if m < limit and self._stop(state.confidence, state.stats, m, limit, m) > m:
             return _EXTEND
+        return self._final(state.confidence, m)
+
+    def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action]:
+        """The whole draft phase from ``state`` with the drafts d_1..d_n known in advance (``Policy.decide_chain``):
+        one pass over the rule ``decide`` applies depth by depth, each depth reading the confidences up to it."""
+        conf, m = chain[1], len(state.drafts)
+        limit = self.k_max if self.k_max < state.budget else state.budget
+        n = len(conf)
+        stop = self._stop(conf, state.stats, m, limit, n) if m < limit else m
+        stop = n if stop > n else stop  # it would extend past the last known draft: the drafter has no more
+        return stop, self._final(conf, stop)
+
+    def _final(self, conf: tuple, m: int) -> Action:
+        """The action that ends a draft phase at depth m: VERIFY, or TRUST the prefix >= tau_trust."""
         if m == 0 or self.tau_trust >= 1:
             return _VERIFY
-        conf, tau, t = state.confidence, self.tau_trust, 0
+        tau, t = self.tau_trust, 0
         while t < m and conf[t] >= tau:
             t += 1
         return Action.trust([True] * t + [False] * (m - t))  # all False -> VERIFY
 
-    def _pays(self, state: StepState, m: int, limit: int) -> bool:
-        """G(m + h) > G(m) for some h = 1..min(lookahead, limit - m) (module docstring)."""
-        conf, stats, seen = state.confidence, state.stats, self._seen
-        if seen[0] is not stats:  # a new step (stats are immutable): its rates are looked up as first needed
-            seen = self._seen = [stats, [], 0, 1.0, 1.0, self.tau_trust < 1, ()]
-        w, g, tau, rate = self.weight, self.gamma, self.tau_trust, seen[1]
-        j0, p, e, trusting = seen[2], seen[3], seen[4], seen[5]
-        if j0 != m - 1 or conf[:j0] != seen[6]:  # not one draft past the chain E was accumulated over: from its start
-            j0, p, e, trusting = 0, 1.0, 1.0, tau < 1
-        for j in range(j0, m):  # E(m) over the drafts so far (the draft phase adds one per call)
-            c = conf[j]
+    def _stop(self, conf: tuple, stats, m: int, limit: int, n: int) -> int:
+        """The first depth d in m..n at which the rule stops extending (d = limit, or G(d + h) <= G(d) for every
+        h = 1..min(lookahead, limit - d): module docstring); n + 1 if it extends at every depth m..n. ``conf`` holds
+        c_1..c_n; the rule at depth d reads c_1..c_d only."""
+        step = self._step
+        if step[0] is not stats:  # a new step (stats are immutable): its rates are looked up as first needed
+            step = self._step = [stats, [], []]
+        rate, wr = step[1], step[2]  # r_j and (1 - w) r_j, filled as far as the depths read so far
+        w, g, tau, t, ahead = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead
+        p, e, trusting = 1.0, 1.0, tau < 1
+        if len(rate) < m:
+            self._fill_rates(stats, rate, wr, m)
+        for j in range(m):  # E(m) over the drafts so far
+            p, e, trusting = _accumulate(conf[j], rate[j], p, e, trusting, w, g, tau)
+        d, last = m, w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0  # last: w c_d^g
+        while d < limit:
+            pj, ej, td, top = p, e, t[d], d + ahead if d + ahead < limit else limit
+            if len(rate) < top:
+                self._fill_rates(stats, rate, wr, top)
+            for j in range(d, top):  # depth j+1, not drafted yet: a_{j+1} = w c_d^g + (1 - w) r_{j+1}, or r at d = 0
+                pj *= last + wr[j] if d else rate[j]
+                ej += pj
+                if ej * td > e * t[j + 1]:  # G(j + 1) > G(d)
+                    break
+            else:
+                return d
+            if d == n:
+                return n + 1
+            c = conf[d]  # draft d+1 (as _accumulate, with its w c^g kept for the next depth's lookahead)
+            last = w * (c if g == 1.0 else c ** g)
             if trusting and c >= tau:
-                e += p  # a trusted draft is committed whatever its verdict: a_j = 1
-                continue
-            trusting = False
-            p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * (rate[j] if j < len(rate) else self._rate_at(stats, j))
-            e += p
-        seen[2:] = m, p, e, trusting, conf[:m]
-        t = self._t
-        ratio_e, ratio_t = e, t[m]  # G(m) = ratio_e / ratio_t
-        last = w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0
-        for j in range(m, min(m + self.lookahead, limit)):  # depth j+1, not drafted yet
-            r = rate[j] if j < len(rate) else self._rate_at(stats, j)
-            p *= (last + (1.0 - w) * r) if m else r
-            e += p
-            if e * ratio_t > ratio_e * t[j + 1]:
-                return True
-        return False
+                e += p
+            else:
+                trusting = False
+                p *= last + wr[d]
+                e += p
+            d += 1
+        return d
 
-    def _rate_at(self, stats, j: int) -> float:
-        """r_0 .. r_j of this step appended to its list (``_seen``) as far as needed; r_j. Each r_j with its
-        exploration bonus (module docstring) is a function of depth j's (accepted, attempted) counts only, so it is
+    def _fill_rates(self, stats, rate: list, wr: list, limit: int) -> None:
+        """r_j with its exploration bonus (module docstring) and (1 - w) r_j appended to ``rate`` and ``wr`` for
+        j = len(rate)..limit-1. Each r_j is a function of depth j's (accepted, attempted) counts only, so it is
         computed once per pair."""
-        rate, memo, att = self._seen[1], self._rates, stats.attempted
-        while len(rate) <= j:
-            i = len(rate)
-            key = (stats.accepted[i], att[i]) if i < len(att) else (0, 0)
+        memo, w1, acc, att = self._rates, 1.0 - self.weight, stats.accepted, stats.attempted
+        if len(memo) > 65536:
+            memo.clear()
+        for i in range(len(rate), limit):
+            key = (acc[i], att[i]) if i < len(att) else (0, 0)
             r = memo.get(key)
             if r is None:
-                if len(memo) > 65536:
-                    memo.clear()
                 pn = self.prior_n
                 n = key[1] + pn
                 r = (key[0] + self.prior_accept * pn) / n
@@ -179,7 +208,7 @@ class GoodputPolicy(Policy):
                     r = min(1.0, r + self.explore * math.sqrt(r * (1.0 - r) / n))
                 memo[key] = r
             rate.append(r)
-        return rate[j]
+            wr.append(w1 * r)
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from specpolicy.policies.base import _EXTEND, _VERIFY, Action, Policy, StepOutcome, StepState
+from specpolicy.policies.fixed import _fixed_depth
 from specpolicy.policies.registry import MAX_DEPTH, PolicyParamError, check_param, register_policy
 
 __all__ = ["HeuristicPolicy"]
@@ -65,6 +66,10 @@ class HeuristicPolicy(Policy):
     def decide(self, state: StepState) -> Action:
         m = len(state.drafts)
         return _EXTEND if m < self._k and m < state.budget else _VERIFY
+
+    def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action]:
+        """``decide`` over a known chain in one call (``Policy.decide_chain``)."""
+        return _fixed_depth(len(state.drafts), self._k, state.budget, len(chain[0])), _VERIFY
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

@@ -53,10 +53,23 @@ class ThresholdPolicy(Policy):
         m = len(state.drafts)
         if m < state.budget and (m == 0 or (m < self.k_max and state.confidence[m - 1] >= self.tau_extend)):
             return _EXTEND
+        return self._final(state.confidence, m)
+
+    def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action]:
+        """``decide`` over a known chain in one call (``Policy.decide_chain``; k_max >= 1, so depth 0 only needs
+        budget)."""
+        conf, m, n = chain[1], len(state.drafts), len(chain[1])
+        top = self.k_max if self.k_max < state.budget else state.budget
+        while m < top and m < n and (m == 0 or conf[m - 1] >= self.tau_extend):
+            m += 1
+        return m, self._final(conf, m)
+
+    def _final(self, conf: tuple, m: int) -> Action:
+        """VERIFY, or TRUST the prefix d_1..d_t whose confidences are all >= tau_trust."""
         if m == 0 or self.tau_trust >= 1:
             return _VERIFY
-        t = 0  # length of the prefix d_1..d_t whose confidences are all >= tau_trust
-        while t < m and state.confidence[t] >= self.tau_trust:
+        t = 0
+        while t < m and conf[t] >= self.tau_trust:
             t += 1
         return Action.trust([True] * t + [False] * (m - t))  # all False -> VERIFY
 

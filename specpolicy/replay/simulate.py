@@ -55,7 +55,7 @@ from specpolicy.decoding.drafters.mtp import CatchUp
 from specpolicy.decoding.step import TRUSTED, VERIFIED, draft_phase, relaxes, trust_mask, walk
 from specpolicy.errors import UserError
 from specpolicy.policies import ActionKind, Policy, StepOutcome, StepState, get_policy, with_step_cost
-from specpolicy.policies.base import AcceptanceStats, reads_stats
+from specpolicy.policies.base import AcceptanceStats, chain_hook, reads_stats
 
 from .trace import Trace
 
@@ -130,18 +130,21 @@ _features = PFeatures._make  # (p_draft, p_rank, p_top1, p_entropy) -> PFeatures
 _TABLES: WeakKeyDictionary = WeakKeyDictionary()  # trace -> (trace.rows and eos ids it was built for, tables)
 
 
-def _prefixes(D, Q, E, M) -> list:
-    """``[j]``: d_1..d_j of one row as ``StepState.with_prefix`` takes them (j = 1..K); None from the first depth
-    without a recorded draft on (``draft_phase`` asks no deeper once ``next_draft`` has nothing)."""
+def _prefixes(D, Q, E, M) -> tuple[list, tuple]:
+    """``([j]: d_1..d_j of one row as StepState.with_prefix takes them, j = 1..K, the whole chain d_1..d_n)``; the
+    list has None from the first depth without a recorded draft on (``draft_phase`` asks no deeper once
+    ``next_draft`` has nothing), and the chain is what ``Policy.decide_chain`` reads."""
     n = next((j for j, d in enumerate(D) if d < 0), len(D))  # depths with a recorded draft
     D, Q, E, M = tuple(D), tuple(Q), tuple(E), tuple(M)
-    return [None, *((D[:j], Q[:j], E[:j], M[:j]) for j in range(1, n + 1))] + [None] * (len(D) - n)
+    prefixes = [None, *((D[:j], Q[:j], E[:j], M[:j]) for j in range(1, n + 1))] + [None] * (len(D) - n)
+    return prefixes, (D[:n], Q[:n], E[:n], M[:n])
 
 
 def _row_tables(trace: Trace) -> list[list[tuple]]:
     """Per prompt i, per row n: what one step at row n reads, built once per trace (rebuilt if ``trace.rows`` or the
     EOS ids change): ``(prefixes, strict verdicts on the clean block, on the chain, the target's tokens
-    on the clean block, on the chain, the p features per depth, strict walks)``; ``prefixes``: ``_prefixes``; the
+    on the clean block, on the chain, the p features per depth, strict walks, the drafts' chain)``; ``prefixes``
+    and the chain: ``_prefixes``; the
     clean block's target token at position j is ``tokens[n + 1 + j]``, the chain's ``target_chain[n, j]``
     (``_Judge``); ``strict walks[m]``: ``_strict_block``, filled on first use. Each is a function of the trace and
     the row alone, so every later replay of the trace reuses it. (Prefixes and memos are tuples of plain numbers,
@@ -158,9 +161,13 @@ def _row_tables(trace: Trace) -> list[list[tuple]]:
     for i in range(P):
         toks, D, Q, E, M, C = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin", "target_chain"))
         pf = [rows[k][i] for k in PFeatures._fields]
-        tables.append([(_prefixes(D[n], Q[n], E[n], M[n]).__getitem__, tuple(map(_VERDICT, clean_ok[i][n])),
-                        tuple(map(_VERDICT, chain_ok[i][n])), toks[n + 1 : n + 2 + K], C[n],
-                        tuple(zip(*(f[n] for f in pf))), [None] * (K + 1)) for n in range(N - 1)])
+        rows_i = []
+        for n in range(N - 1):
+            prefixes, chain = _prefixes(D[n], Q[n], E[n], M[n])
+            rows_i.append((prefixes.__getitem__, tuple(map(_VERDICT, clean_ok[i][n])),
+                           tuple(map(_VERDICT, chain_ok[i][n])), toks[n + 1 : n + 2 + K], C[n],
+                           tuple(zip(*(f[n] for f in pf))), [None] * (K + 1), chain))
+        tables.append(rows_i)
     _TABLES[trace] = (rows, key, tables)
     return tables
 
@@ -177,7 +184,7 @@ class _Judge:
         self.accept = rule.accept_features if rule is not None else None
 
     def at(self, row: tuple) -> _Judge:
-        _, self.ok_clean, self.ok_chain, self.t_clean, self.t_chain, self.pf, _ = row
+        _, self.ok_clean, self.ok_chain, self.t_clean, self.t_chain, self.pf, _, _ = row
         return self
 
     def strict(self, j: int, clean: bool) -> tuple[bool, float]:
@@ -228,6 +235,7 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
     """One prompt's replay (``replay``'s plan: ``full`` is the trace's depth K if ``max_draft`` is K, else -1;
     ``catch_up``: (t_row, prompt length) where the cost model prices catch-up rows, else None)."""
     judge, relaxed, start_state, grow = _Judge(rule), rule is not None, StepState.at_step, StepState.with_prefix
+    chain = chain_hook(policy)
     policy.reset()
     other = AcceptanceStats()  # not ``keep``: the counts of lossy steps, tallies of strict ones (``_depth_counts``)
     stats = AcceptanceStats() if keep else _STATS_LEFT_OUT
@@ -239,9 +247,13 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
     while new < max_new and not finished:
         row = table[new - 1]
         left = max_new - new - 1
-        state, action = draft_phase(policy, start_state(steps, new, left if left < max_draft else max_draft, stats,
-                                                        last_accepted, native_depths), row[0], grow)
-        m = len(state.drafts)
+        state = start_state(steps, new, left if left < max_draft else max_draft, stats, last_accepted, native_depths)
+        if chain is None:
+            state, action = draft_phase(policy, state, row[0], grow)
+            m = len(state.drafts)
+        else:  # the policy's own one-pass draft phase over the recorded chain (``Policy.decide_chain``)
+            m, action = chain(state, row[7])
+            state = grow(state, row[0](m)) if m else state
         capped += m == full and left > m  # drafted the trace's full depth with token budget to spare
         strict = action.kind is not _TRUST
         if strict:  # the strict walk: the same for every visit of (row, m); a relaxed rule may change it (``relaxes``)

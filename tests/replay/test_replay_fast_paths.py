@@ -1,6 +1,7 @@
 """The replay's fast paths change no result: states grown from per-trace prefixes, strict walks memoised per
 (trace, row, m), a relaxed rule asked only where it can change a strict walk (``relaxes``), and the running stats
-left out for policies that declare ``reads_stats = False`` (a declaration that lies fails loudly)."""
+left out for policies that declare ``reads_stats = False`` (a declaration that lies fails loudly), and a policy's
+one-pass draft phase (``decide_chain``) equal to asking its ``decide`` depth by depth."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from specpolicy.policies import (
     get_policy,
     list_policies,
 )
-from specpolicy.policies.base import reads_stats
+from specpolicy.policies.base import chain_hook, reads_stats
 from specpolicy.replay import replay, synthetic_trace
 
 DECLARED = {"ar", "fixed", "threshold", "entropy", "heuristic", "typical", "topk_relaxed"}  # reads_stats = False
@@ -100,12 +101,76 @@ def test_memoised_walks_do_not_depend_on_what_was_replayed_before():
 
 def test_states_grown_from_prefixes_equal_extended_ones():
     feats = {1: (11, 0.9, 0.2, 0.8), 2: (12, 0.4, 1.1, 0.1), 3: (13, 0.7, 0.5, 0.3)}
-    prefixes = simulate._prefixes([11, 12, 13, -1], [0.9, 0.4, 0.7, 0.0], [0.2, 1.1, 0.5, 0.0], [0.8, 0.1, 0.3, 0.0])
+    prefixes, chain = simulate._prefixes([11, 12, 13, -1], [0.9, 0.4, 0.7, 0.0], [0.2, 1.1, 0.5, 0.0],
+                                         [0.8, 0.1, 0.3, 0.0])
+    assert chain == prefixes[3]
     for k, budget in itertools.product(range(1, 6), range(0, 5)):
         start = StepState(step=2, position=7, budget=budget, last_accepted=1, native_depths=2)
         slow = draft_phase(get_policy("fixed", k=k), start, feats.get)
         fast = draft_phase(get_policy("fixed", k=k), start, prefixes.__getitem__, StepState.with_prefix)
         assert fast == slow
+
+
+GOODPUT = [{}, {"tau_trust": 0.8}, {"explore": 0.0, "lookahead": 1, "weight": 0.3, "gamma": 2.0},
+           {"k_max": 3, "lookahead": 2, "prior_accept": 0.2, "step_cost": [1.0, 1.05, 1.5, 1.6]},
+           {"weight": 0.0, "prior_n": 0.5, "tau_trust": 0.6, "step_cost": [1.0, 1.3]}]
+CHAINED = {"ar", "fixed", "typical", "topk_relaxed", "heuristic", "threshold", "entropy", "goodput"}
+
+
+def test_chains_equal_their_decide_depth_by_depth():
+    """``decide_chain`` (the replay's one-pass draft phase) against ``draft_phase`` asking ``decide`` depth by depth,
+    for every built-in policy that has one, on random chains (some shorter than the budget: the drafter runs out),
+    stats, budgets and depths already reached."""
+    variants = VARIANTS + [("goodput", params) for params in GOODPUT] + [
+        ("threshold", {"tau_extend": 0.0, "k_max": 1}), ("entropy", {"max_entropy": 0.4, "k_max": 3}),
+        ("fixed", {"k": 1}), ("heuristic", {"k_init": 1, "k_max": 2})]
+    policies = [get_policy(name, **params) for name, params in variants]
+    assert {p.name for p in policies if chain_hook(p) is not None} == CHAINED
+    policies = [p for p in policies if chain_hook(p) is not None]
+    rng = random.Random(11)
+    for trial in range(3000):
+        n = rng.randint(0, 7)
+        conf = tuple(rng.choice([rng.random(), 0.99, 0.05, 0.5, 0.3, 0.8]) for _ in range(n))  # ties at thresholds too
+        ent = tuple(rng.choice([rng.random() * 2, 0.01, 3.0, 1.0, 0.4]) for _ in range(n))
+        chain = (tuple(range(10, 10 + n)), conf, ent, tuple(rng.random() for _ in range(n)))
+        width = rng.randint(0, 8)
+        att = tuple(rng.randint(0, 30) for _ in range(width))
+        stats = AcceptanceStats(attempted=att, accepted=tuple(rng.randint(0, a) for a in att))
+        m0 = rng.randint(0, n)
+        start = StepState(budget=rng.randint(0, 9), stats=stats).with_prefix(tuple(x[:m0] for x in chain))
+        feats = {j: tuple(x[j - 1] for x in chain) for j in range(m0 + 1, n + 1)}
+        for policy in policies:
+            if policy.name == "heuristic":
+                policy._k = rng.randint(policy.k_min, policy.k_max)  # where observe has moved it
+            state, action = draft_phase(policy, start, feats.get)
+            assert policy.decide_chain(start, chain) == (len(state.drafts), action), (policy, trial)
+
+
+def test_a_subclass_with_its_own_decide_does_not_inherit_the_chain():
+    class Shallow(GoodputPolicy):
+        def decide(self, state):
+            return Action.verify() if state.depth >= 1 else super().decide(state)
+
+    class Peeks(FixedPolicy):
+        def decide(self, state):
+            return Action.extend() if state.depth < 1 + (state.stats.rate(1) > 0.5) else Action.verify()
+
+    assert chain_hook(GoodputPolicy()) is not None and chain_hook(Shallow()) is None and chain_hook(Peeks()) is None
+    assert chain_hook(get_policy("calibrated", base="goodput")) is None  # its own decide: depth by depth
+    t = _traces()[0]
+    assert replay(Shallow(), t).summary["mean_draft_len"] <= 1
+
+
+def test_chains_change_no_replay(monkeypatch):
+    """Replays of every registered policy and variant through ``decide_chain`` equal those asking ``decide`` depth
+    by depth, with and without EOS, two horizons."""
+    variants = VARIANTS + [("goodput", params) for params in GOODPUT]
+    cases = [(t, name, params, kw) for t, (name, params), kw in
+             itertools.product(_traces(), variants, ({}, {"max_new_tokens": 17, "max_draft": 3}))]
+    fast = [_digest(replay(name, t, **kw, **params)) for t, name, params, kw in cases]
+    monkeypatch.setattr(simulate, "chain_hook", lambda policy: None)
+    slow = [_digest(replay(name, t, **kw, **params)) for t, name, params, kw in cases]
+    assert fast == slow
 
 
 class _Judge:

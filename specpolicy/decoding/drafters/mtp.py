@@ -51,13 +51,16 @@ class CatchUp:
     def step(self, drafted: int, committed: int) -> int:
         """Rows processed by the ``drafted`` drafts of a step that commits ``committed`` tokens; advances to the next."""
         n, L = self.n, self.L
-        while len(L) < drafted:
-            L.append(0)
+        if len(L) < drafted:
+            L += [0] * (drafted - len(L))
         rows = drafted * n - sum(L[:drafted])
-        n_new = n + committed
-        for j in range(drafted):  # depths not drafted this step keep entries that read committed tokens only
-            L[j] = min(n, n_new - j - 1)
-        self.n = n_new
+        # each drafted depth j (0-based) now holds min(n, n + committed - 1 - j) entries: n for j < committed, then
+        # one fewer per depth; depths not drafted this step keep entries that read committed tokens only
+        if drafted <= committed:
+            L[:drafted] = [n] * drafted
+        else:
+            L[:drafted] = [n] * committed + list(range(n - 1, n - 1 - drafted + committed, -1))
+        self.n = n + committed
         return rows
 
 
