@@ -64,6 +64,32 @@ class CatchUp:
         return rows
 
 
+class _Rows:
+    """A growable [1, n, H] history of hidden states: appends write into a buffer that doubles when full (no
+    ``torch.cat`` of the whole history per step), ``crop(n)`` keeps the first n rows."""
+
+    __slots__ = ("buf", "n")
+
+    def __init__(self, first: torch.Tensor) -> None:
+        self.buf, self.n = first.new_empty(1, max(2 * first.shape[1], 256), first.shape[2]), 0
+        self.append(first)
+
+    def append(self, x: torch.Tensor) -> None:
+        n1 = self.n + x.shape[1]
+        if n1 > self.buf.shape[1]:
+            buf = self.buf.new_empty(1, max(n1, 2 * self.buf.shape[1]), self.buf.shape[2])
+            buf[:, : self.n] = self.buf[:, : self.n]
+            self.buf = buf
+        self.buf[:, self.n : n1] = x
+        self.n = n1
+
+    def rows(self, lo: int, hi: int) -> torch.Tensor:
+        return self.buf[:, lo:hi]
+
+    def crop(self, n: int) -> None:
+        self.n = min(self.n, n)
+
+
 class MTPDrafter:
     """The ``Drafter`` of a transformers ``MtpModel``: per-depth caches, cropped to the committed prefix."""
 
@@ -73,18 +99,18 @@ class MTPDrafter:
         self.mtp, self.engine = mtp, engine
         self.native_depths = len(mtp.layers)
         self.caches: list = []  # depth j -> caches[j-1]: a lean layer with its cache, or a DynamicCache
-        self.hist: list[torch.Tensor | None] = [None]  # hist[j]: [1, L_j, H] outputs of depth j; hist[0] = h^0
+        self.hist: list[_Rows | None] = [None]  # hist[j]: the L_j outputs of depth j; hist[0] = h^0
 
     def begin(self, tokens: torch.Tensor, n: int, hidden: torch.Tensor) -> None:
-        self.caches, self.hist = [], [hidden]
+        self.caches, self.hist = [], [_Rows(hidden)]
 
     def advance(self, hidden: torch.Tensor) -> None:
         """Append target final hidden states [1, m+1, H] of the verified block."""
-        self.hist[0] = torch.cat([self.hist[0], hidden], dim=1)
+        self.hist[0].append(hidden)
 
     def length(self, depth: int) -> int:
         h = self.hist[depth] if depth < len(self.hist) else None
-        return 0 if h is None else h.shape[1]
+        return 0 if h is None else h.n
 
     def draft(self, depth: int, tokens: torch.Tensor, n: int) -> torch.Tensor:
         """Logits [V] of d_depth. tokens: [1, >= n + depth] committed t_0..t_n followed by d_1..d_{depth-1}."""
@@ -95,26 +121,28 @@ class MTPDrafter:
             self.caches.append(lean if lean is not None else DynamicCache(config=self.mtp.config))
             self.hist.append(None)
         lo = self.length(depth)  # pending indices lo..frontier
-        h_prev = self.hist[depth - 1][:, lo : frontier + 1]  # [1, n, H]
+        h_prev = self.hist[depth - 1].rows(lo, frontier + 1)  # [1, n, H]
         pos = torch.arange(lo + depth, frontier + depth + 1, device=tokens.device)[None]  # RoPE positions i + j
         ids, cache = tokens[:, lo + depth : frontier + depth + 1], self.caches[depth - 1]
         if isinstance(cache, DynamicCache):
             h = self.mtp.forward_layer(layer_for_depth(depth, self.native_depths), h_prev, pos, cache, input_ids=ids)
         else:
             h = cache.forward(h_prev, pos, ids)
-        self.hist[depth] = h if self.hist[depth] is None else torch.cat([self.hist[depth], h], dim=1)
+        if self.hist[depth] is None:
+            self.hist[depth] = _Rows(h)
+        else:
+            self.hist[depth].append(h)
         return (mtp_logits(self.mtp, h[:, -1]) if isinstance(cache, DynamicCache) else cache.logits(h[:, -1]))[0]
 
     def crop(self, n: int) -> None:
         """Drop every entry that read a token past the committed prefix (last committed index n)."""
-        h0 = self.hist[0]
-        if h0 is not None and h0.shape[1] > n:
-            self.hist[0] = h0[:, :n]
+        if self.hist[0] is not None:
+            self.hist[0].crop(n)
         for j in range(1, len(self.hist)):
             length = self.length(j)
             keep = max(0, min(length, n - j))
             if keep < length:
-                self.hist[j] = self.hist[j][:, :keep]
+                self.hist[j].crop(keep)
                 cache = self.caches[j - 1]
                 if isinstance(cache, DynamicCache):
                     cache.crop(keep - length)
