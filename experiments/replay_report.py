@@ -127,7 +127,8 @@ def _time_table(rows: list[dict], cost, source: str) -> str:
              + ", ".join(f"{cost.c(m):.2f}" for m in range(1, len(cost.t_target) + 1))
              + f"; drafter step {cost.t_mtp / t1:.2f}, loop overhead {cost.t_overhead / t1:.2f} per step + "
              f"{cost.t_overhead_draft / t1:.2f} per draft (x t_target(1)); each catch-up row of a draft beyond its "
-             f"first {cost.t_row * 1e6:.1f} us.", "",
+             f"first {cost.t_row * 1e6:.1f} us, of a depth's first draft over the context "
+             f"{(cost.t_ctx or cost.t_row) * 1e6:.1f} us.", "",
              "| policy | lossless | measured speedup | modelled | measured / modelled | ceiling | measured / ceiling |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -24,12 +24,14 @@ class CostModel:
     """Device cost of one step with m drafts, in seconds:
 
         step_s(m) = t_target(m + 1) + m * t_mtp + t_overhead + m * t_overhead_draft
-        step_s(m, rows) = step_s(m) + (rows - m) * t_row
+        step_s(m, rows, fresh) = step_s(m) + (rows - m - fresh) * t_row + fresh * t_ctx
 
     ``t_target[m-1]``: a target forward + head over m tokens (m = 1..K+1); ``t_mtp``: one drafter step over one row;
     ``t_row``: each further row a draft catches up (the MTP drafter's pending indices, ``drafters.mtp.CatchUp``: after
-    accepted tokens, at a depth the last step did not reach, and the whole context at a depth's first draft; 0 for
-    other drafters and for cost models that predate it: then every draft costs ``t_mtp``);
+    accepted tokens, at a depth the last step did not reach; 0 for other drafters and for cost models that predate
+    it: then every draft costs ``t_mtp``); ``t_ctx``: each further row of a depth's first draft in a generation,
+    which reads the whole context in one call (``fresh`` rows: a few large matmuls, cheaper per row than the
+    steady catch-up of 1-9 rows; 0 for cost models that predate it: priced at ``t_row``);
     ``t_overhead``: the loop's fixed cost per step outside the draft phase and the verify phase (observe, records);
     ``t_overhead_draft``: a cost per draft beyond ``t_mtp`` (0 unless given). Measured from the decoder's own steps
     (``measure_cost(..., loop_reps=...)``) or 0 for a cost model of isolated model timings; ``compute_s`` leaves both
@@ -46,6 +48,7 @@ class CostModel:
     t_overhead: float = 0.0
     t_overhead_draft: float = 0.0
     t_row: float = 0.0
+    t_ctx: float = 0.0
 
     def c(self, m: int) -> float:
         return self.forward_s(m) / self.t_target[0]
@@ -58,36 +61,45 @@ class CostModel:
         slope = (t[-1] - t[-2]) if len(t) > 1 else t[-1]
         return t[-1] + (m - len(t)) * max(slope, 0.0)
 
-    def compute_s(self, drafted: int, rows: int | None = None) -> float:
-        """Model compute of a step with ``drafted`` drafts over ``rows`` drafter rows in all (None: one each):
-        t_target(m+1) + m * t_mtp + (rows - m) * t_row (no loop overhead)."""
-        extra = 0.0 if rows is None else (rows - drafted) * self.t_row
-        return self.forward_s(drafted + 1) + drafted * self.t_mtp + extra
+    def compute_s(self, drafted: int, rows: int | None = None, fresh: int = 0) -> float:
+        """Model compute of a step with ``drafted`` drafts over ``rows`` drafter rows in all (None: one each), of
+        which ``fresh`` are further rows of first drafts at a depth (``CatchUp.fresh``): t_target(m+1) + m * t_mtp +
+        (rows - m - fresh) * t_row + fresh * t_ctx (no loop overhead)."""
+        return self.forward_s(drafted + 1) + drafted * self.t_mtp + self.catch_up_s(drafted, rows, fresh)
 
-    def step_s(self, drafted: int, rows: int | None = None) -> float:
+    def catch_up_s(self, drafted: int, rows: int | None, fresh: int = 0) -> float:
+        """Seconds of the rows beyond one per draft: (rows - drafted - fresh) * t_row + fresh * t_ctx (0 for None)."""
+        if rows is None:
+            return 0.0
+        return (rows - drafted - fresh) * self.t_row + fresh * (self.t_ctx or self.t_row)
+
+    def step_s(self, drafted: int, rows: int | None = None, fresh: int = 0) -> float:
         """Modelled wall-clock seconds of one step with ``drafted`` drafts (class docstring)."""
-        return self.compute_s(drafted, rows) + self.t_overhead + drafted * self.t_overhead_draft
+        return self.compute_s(drafted, rows, fresh) + self.t_overhead + drafted * self.t_overhead_draft
 
     def generation_s(self, res, compute_only: bool = False) -> float:
         """Modelled seconds of the steps of one ``GenerationResult`` (catch-up rows from ``CatchUp`` when ``t_row``)."""
         cost = self.compute_s if compute_only else self.step_s
-        if not self.t_row:
+        if not (self.t_row or self.t_ctx):
             return sum(cost(len(s.drafts)) for s in res.steps)
         from .drafters.mtp import CatchUp
 
-        cu = CatchUp(len(res.prompt_ids))
-        return sum(cost(len(s.drafts), cu.step(len(s.drafts), len(s.committed))) for s in res.steps)
+        cu, total = CatchUp(len(res.prompt_ids)), 0.0
+        for s in res.steps:
+            rows = cu.step(len(s.drafts), len(s.committed))
+            total += cost(len(s.drafts), rows, cu.fresh)
+        return total
 
     def to_dict(self) -> dict:
         return {"t_target": list(self.t_target), "t_mtp": self.t_mtp, "t_overhead": self.t_overhead,
-                "t_overhead_draft": self.t_overhead_draft, "t_row": self.t_row,
+                "t_overhead_draft": self.t_overhead_draft, "t_row": self.t_row, "t_ctx": self.t_ctx,
                 "c": [self.c(m) for m in range(1, len(self.t_target) + 1)], "mtp_rel": self.t_mtp / self.t_target[0]}
 
     @classmethod
     def from_dict(cls, d: dict) -> CostModel:
         """Inverse of ``to_dict`` (cost models stored before the overhead terms existed load with them at 0)."""
         return cls(tuple(float(t) for t in d["t_target"]), float(d["t_mtp"]), float(d.get("t_overhead", 0.0)),
-                   float(d.get("t_overhead_draft", 0.0)), float(d.get("t_row", 0.0)))
+                   float(d.get("t_overhead_draft", 0.0)), float(d.get("t_row", 0.0)), float(d.get("t_ctx", 0.0)))
 
 
 def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_reps: int = 0, loop_tokens: int = 48,
@@ -102,8 +114,8 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
     with ``loop_reps`` > 0 the same quantities are instead read off the decoder's own steps (``_from_decoder``:
                    ``generate`` decodes ``loop_tokens`` tokens after ``ctx`` with ``ar`` and ``fixed k`` for
                    k = 1..K, ``loop_reps`` rounds interleaved): t_target[m] = median verify time of steps with m
-                   drafts, t_mtp = median draft-phase time per draft (MTP drafter: t_mtp and t_row, the cost of each
-                   row a draft catches up beyond its first, fitted to the draft phases), t_overhead = median time per
+                   drafts, t_mtp = median draft-phase time per draft (MTP drafter: t_mtp, t_row and t_ctx, the cost
+                   of each row a draft catches up beyond its first, fitted to the draft phases), t_overhead = median time per
                    step outside both phases. Isolated timings run with cold caches between calls of different
                    sizes and a drafter caught up by exactly one position; the decoder's own steps are what a run
                    pays.
@@ -164,46 +176,56 @@ def _from_decoder(model, ctx: list[int], k: int, compute: CostModel, reps: int, 
 
     policies = [get_policy("ar")] + [get_policy("fixed", k=j) for j in range(1, k + 1)]
     verify: dict[int, list[float]] = {m: [] for m in range(k + 1)}
-    per_draft, outside, drafts = [], [], []  # drafts: (m, catch-up rows beyond one per draft, draft phase seconds)
+    per_draft, outside, drafts = [], [], []  # drafts: (m, steady catch-up rows, fresh rows, draft phase seconds)
     for rep in range(reps + 1):
         for pol in policies:
             res = generate(model, ctx, pol, max_new_tokens=tokens, max_draft=k, drafter=drafter, engine=engine)
             if rep == 0 or not res.steps:  # round 0 warms up
                 continue
-            rows = CatchUp(len(res.prompt_ids)).step
+            cu = CatchUp(len(res.prompt_ids))
             for st in res.steps:
                 m = len(st.drafts)
                 verify[m].append(st.verify_s)
-                r = rows(m, len(st.committed))
+                r = cu.step(m, len(st.committed))
                 if m:
                     per_draft.append(st.draft_s / m)
-                    drafts.append((m, r - m, st.draft_s))
+                    drafts.append((m, r - m - cu.fresh, cu.fresh, st.draft_s))
             inside = sum(st.draft_s + st.verify_s for st in res.steps)
             outside.append((res.stats.wall_s - res.stats.prefill_s - inside) / len(res.steps))
     t_target = tuple(statistics.median(verify[m]) if verify[m] else compute.t_target[m] for m in range(k + 1))
-    t_mtp, t_row = statistics.median(per_draft) if per_draft else compute.t_mtp, 0.0
+    t_mtp, t_row, t_ctx = statistics.median(per_draft) if per_draft else compute.t_mtp, 0.0, 0.0
     mtp = (drafter.name if drafter is not None else getattr(model, "drafter_name", None)) == "mtp"
     if mtp:
-        t_mtp, t_row = _fit_drafts(drafts, t_mtp)
-    return CostModel(t_target, t_mtp, statistics.median(outside) if outside else 0.0, t_row=t_row)
+        t_mtp, t_row, t_ctx = _fit_drafts(drafts, t_mtp)
+    return CostModel(t_target, t_mtp, statistics.median(outside) if outside else 0.0, t_row=t_row, t_ctx=t_ctx)
 
 
-def _fit_drafts(drafts: list[tuple[int, int, float]], fallback: float) -> tuple[float, float]:
-    """(t_mtp, t_row) from draft phases ``(m drafts, catch-up rows beyond one per draft, seconds)``: least squares of
-    seconds ~ m * t_mtp + rows * t_row, refitted once without the phases more than 4 median absolute deviations off
-    the first fit (timing spikes on a shared CPU). (``fallback``, 0) where the fit is not positive in both."""
+def _fit_drafts(drafts: list[tuple[int, int, int, float]], fallback: float) -> tuple[float, float, float]:
+    """(t_mtp, t_row, t_ctx) from draft phases ``(m drafts, steady catch-up rows beyond one per draft, fresh rows,
+    seconds)``. t_mtp and t_row: least squares of seconds ~ m * t_mtp + rows * t_row over the phases without fresh
+    rows, refitted once without the phases more than 4 median absolute deviations off the first fit (timing spikes
+    on a shared CPU; t_row 0, and t_mtp fitted alone, where further rows cost nothing measurable); t_ctx: the median
+    over the phases with fresh rows of what is left of their seconds per fresh row (0 without such phases: fresh rows
+    are then priced at t_row). (``fallback``, 0, 0) where t_mtp is not positive."""
     import numpy as np
 
-    if len(drafts) < 3:
-        return fallback, 0.0
-    x = np.array([(m, r) for m, r, _ in drafts], float)
-    y = np.array([t for *_, t in drafts], float)
+    steady = [d for d in drafts if not d[2]]
+    if len(steady) < 3:
+        return fallback, 0.0, 0.0
+    x = np.array([d[:2] for d in steady], float)
+    y = np.array([d[3] for d in steady], float)
     res = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
     mid = np.median(res)
     mad = float(np.median(np.abs(res - mid))) or float("inf")
     keep = np.abs(res - mid) <= 4 * mad
     t_mtp, t_row = (float(c) for c in np.linalg.lstsq(x[keep], y[keep], rcond=None)[0])
-    return (t_mtp, t_row) if t_mtp > 0 and t_row > 0 else (fallback, 0.0)
+    if t_row <= 0:  # further rows cost nothing measurable: the drafts alone
+        t_mtp, t_row = float(np.linalg.lstsq(x[keep, :1], y[keep], rcond=None)[0][0]), 0.0
+    if t_mtp <= 0:
+        return fallback, 0.0, 0.0
+    left = [(t - m * t_mtp - r * t_row) / f for m, r, f, t in drafts if f]
+    t_ctx = float(np.median(left)) if left else 0.0
+    return t_mtp, t_row, t_ctx if t_ctx > 0 else 0.0
 
 
 def speedups(results, ar, cost: CostModel) -> dict:

@@ -32,7 +32,9 @@ the real run continues after the wrong token and diverges from there. Relaxed ru
 chain forward, which may differ from the decoder's block forward in the last bits (decisions exactly at a rule's
 boundary).
 
-Time is modelled with the trace's cost model: a step with m drafts costs ``c(m+1) * t_target(1) + m * t_mtp``, and
+Time is modelled with the trace's cost model: a step with m drafts costs ``CostModel.step_s`` (``c(m+1) *
+t_target(1) + m * t_mtp`` + the loop's overhead + the rows its drafts catch up, ``t_row`` and ``t_ctx``, counted by
+``CatchUp`` as the real run's are), and
 ``modelled_speedup = sum over prompts of (new_tokens - 1) * t_target(1)  /  sum of the policy's step costs``
 (prefill excluded on both sides). ``StepOutcome.draft_s`` / ``verify_s`` carry these modelled times.
 
@@ -233,7 +235,7 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
                    native_depths: int, eos: frozenset, costs: tuple, keep: bool, observe,
                    catch_up: tuple | None) -> PromptReplay:
     """One prompt's replay (``replay``'s plan: ``full`` is the trace's depth K if ``max_draft`` is K, else -1;
-    ``catch_up``: (t_row, prompt length) where the cost model prices catch-up rows, else None)."""
+    ``catch_up``: (the cost model, prompt length) where it prices catch-up rows, else None)."""
     judge, relaxed, start_state, grow = _Judge(rule), rule is not None, StepState.at_step, StepState.with_prefix
     chain = chain_hook(policy)
     policy.reset()
@@ -242,7 +244,7 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
     last_accepted, new, steps, drafted, capped, lossy, time_s = -1, 1, 0, 0, 0, [0, 0, 0], 0.0
     hist, walked_n, ok_n = [0] * (max_draft + 1), [0] * (max_draft + 1), [0] * (max_draft + 1)
     step_cost, draft_s, verify_s = costs
-    t_row, rows = (catch_up[0], CatchUp(catch_up[1]).step) if catch_up else (0.0, None)
+    cu, catch_up_s = (CatchUp(catch_up[1]), catch_up[0].catch_up_s) if catch_up else (None, None)
     finished = t0 in eos
     while new < max_new and not finished:
         row = table[new - 1]
@@ -275,7 +277,7 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
         steps += 1
         drafted += m
         hist[accepted] += 1
-        extra = (rows(m, committed) - m) * t_row if rows is not None else 0.0
+        extra = catch_up_s(m, cu.step(m, committed), cu.fresh) if cu is not None else 0.0
         time_s += step_cost[m] + extra
         new += committed
         if observe is not None:
@@ -330,8 +332,9 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     observe = None if getattr(policy.observe, "__func__", None) is Policy.observe else policy.observe  # no-op hook
     plan = (relaxed_rule(policy.acceptance), max_new, max_draft, max_draft if max_draft == K else -1,
             trace.native_depths, trace.eos_ids, costs, reads_stats(policy), observe)
-    t_row = trace.cost.t_row  # drafts that catch up several rows (``CatchUp``): the prompt length is where it starts
-    prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan, (t_row, len(trace.prompt_ids[i])) if t_row else None)
+    # drafts that catch up several rows (``CatchUp``): the prompt length is where it starts
+    rows = trace.cost.t_row > 0 or trace.cost.t_ctx > 0
+    prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan, (trace.cost, len(trace.prompt_ids[i])) if rows else None)
                     for i, table in enumerate(_row_tables(trace)))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
     summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft,

@@ -74,9 +74,12 @@ class _CountingMTP(MTPDrafter):
     def __init__(self, mtp):
         super().__init__(mtp)
         self.rows: dict[int, int] = {}
+        self.fresh: dict[int, int] = {}  # rows beyond the first of drafts at a depth with no entry yet
 
     def draft(self, depth, tokens, n):
         self.rows[n] = self.rows.get(n, 0) + n - self.length(depth)
+        if self.length(depth) == 0:
+            self.fresh[n] = self.fresh.get(n, 0) + n - 1
         return super().draft(depth, tokens, n)
 
 
@@ -93,5 +96,7 @@ def test_catch_up_counts_the_rows_the_drafter_processes(tiny, seed, k, policy, p
         rows = cu.step(len(s.drafts), len(s.committed))
         got.append(rows)
         assert rows == drafter.rows.get(n, 0), (s.step, n)
+        assert cu.fresh == drafter.fresh.get(n, 0), (s.step, n)
     assert max(got) > len(prompt) and any(0 < r for r in got)  # a first draft read the whole context
+    assert sum(drafter.fresh.values()) > 0
     assert sum(drafter.rows.values()) == sum(got)

@@ -110,17 +110,21 @@ def test_a_run_fills_step_cost_from_the_measured_cost_model_or_its_records(tmp_p
 
 
 def test_replay_prices_catch_up_rows_as_the_real_run_is_priced(model, trace):
-    """With ``t_row`` the replay's modelled seconds are the real steps' (``CostModel.generation_s``) prompt by prompt,
-    and more than without it: adaptive depths and first drafts at a depth catch up several rows."""
+    """With ``t_row`` (and ``t_ctx`` for a depth's first draft) the replay's modelled seconds are the real steps'
+    (``CostModel.generation_s``) prompt by prompt, and more than without it: adaptive depths and first drafts at a
+    depth catch up several rows."""
     plain = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.0005)
     rows = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.0005, t_row=0.0003)
+    ctx = dataclasses.replace(rows, t_ctx=0.0001)
     for policy in (get_policy("threshold", tau_extend=0.2, k_max=K), get_policy("fixed", k=2)):
         with_rows = replay(policy, dataclasses.replace(trace, cost=rows))
+        with_ctx = replay(policy, dataclasses.replace(trace, cost=ctx))
         without = replay(policy, dataclasses.replace(trace, cost=plain))
         for i, ids in enumerate(PROMPTS):
             res = generate(model, ids, policy, max_new_tokens=N, max_draft=K)
             assert with_rows.prompts[i].modelled_s == pytest.approx(rows.generation_s(res), rel=1e-12)
-            assert with_rows.prompts[i].modelled_s > without.prompts[i].modelled_s
+            assert with_ctx.prompts[i].modelled_s == pytest.approx(ctx.generation_s(res), rel=1e-12)
+            assert without.prompts[i].modelled_s < with_ctx.prompts[i].modelled_s < with_rows.prompts[i].modelled_s
         assert with_rows.summary["modelled_speedup"] < without.summary["modelled_speedup"]
 
 
@@ -130,13 +134,30 @@ def test_the_loop_cost_model_fits_a_positive_catch_up_cost(model):
     assert CostModel.from_dict(cost.to_dict()) == cost
 
 
-def test_the_draft_fit_recovers_both_costs_past_timing_spikes():
+def test_the_draft_fit_recovers_the_three_costs_past_timing_spikes():
     rng = random.Random(0)
     drafts = []
     for i in range(300):
-        m, r = rng.randint(1, 6), rng.choice([0, 1, 2, 3, 5, 60])
-        t = 0.8e-3 * m + 20e-6 * r + rng.gauss(0, 2e-5)
-        drafts.append((m, r, t * (8 if i % 50 == 0 else 1)))  # a spike every 50 phases
-    t_mtp, t_row = _fit_drafts(drafts, fallback=1.0)
-    assert t_mtp == pytest.approx(0.8e-3, rel=0.02) and t_row == pytest.approx(20e-6, rel=0.05)
-    assert _fit_drafts([(1, 0, 1e-3), (2, 0, 2e-3), (1, 0, 1e-3)], fallback=1.5e-3) == (1.5e-3, 0.0)  # no rows seen
+        m, r = rng.randint(1, 6), rng.choice([0, 1, 2, 3, 5, 9])
+        fresh = rng.choice([0] * 9 + [60, 120])  # a depth's first draft over the context, now and then
+        t = 0.8e-3 * m + 60e-6 * r + 20e-6 * fresh + rng.gauss(0, 2e-5)
+        drafts.append((m, r, fresh, t * (8 if i % 50 == 0 else 1)))  # a spike every 50 phases
+    t_mtp, t_row, t_ctx = _fit_drafts(drafts, fallback=1.0)
+    assert t_mtp == pytest.approx(0.8e-3, rel=0.02) and t_row == pytest.approx(60e-6, rel=0.05)
+    assert t_ctx == pytest.approx(20e-6, rel=0.05)
+    no_fresh = [(m, r, 0, t) for m, r, f, t in drafts if f == 0]
+    t_mtp, t_row, t_ctx = _fit_drafts(no_fresh, fallback=1.0)  # no first drafts at a depth: t_ctx 0 (t_row used)
+    assert t_row == pytest.approx(60e-6, rel=0.05) and t_ctx == 0.0
+    free = [(m, r, f, 0.8e-3 * m + 20e-6 * f + rng.gauss(0, 2e-5)) for m, r, f, _ in drafts]  # rows cost nothing
+    t_mtp, t_row, t_ctx = _fit_drafts(free, fallback=1.0)
+    assert t_mtp == pytest.approx(0.8e-3, rel=0.02) and t_row >= 0 and t_ctx == pytest.approx(20e-6, rel=0.05)
+    assert _fit_drafts([(1, 0, 0, -1e-3), (2, 0, 0, -2e-3), (1, 0, 0, -1e-3), (3, 0, 0, -3e-3)],
+                       fallback=1.5e-3) == (1.5e-3, 0.0, 0.0)  # no positive fit
+
+
+def test_a_cost_model_without_t_ctx_prices_fresh_rows_at_t_row():
+    old = CostModel(t_target=(0.01, 0.011), t_mtp=0.002, t_row=0.0003)
+    assert old.step_s(1, rows=61, fresh=59) == pytest.approx(old.step_s(1) + 60 * 0.0003)
+    new = dataclasses.replace(old, t_ctx=0.0001)
+    assert new.step_s(1, rows=61, fresh=59) == pytest.approx(old.step_s(1) + 0.0003 + 59 * 0.0001)
+    assert CostModel.from_dict({k: v for k, v in new.to_dict().items() if k != "t_ctx"}) == old  # older traces

@@ -221,7 +221,7 @@ def test_capped_depth_is_reported(trace):
 
 def test_modelled_time(trace):
     # catch-up rows priced separately (tests/decoding/test_goodput.py): here every draft costs t_mtp
-    trace = dataclasses.replace(trace, cost=dataclasses.replace(trace.cost, t_row=0.0))
+    trace = dataclasses.replace(trace, cost=dataclasses.replace(trace.cost, t_row=0.0, t_ctx=0.0))
     spy = Spy(get_policy("fixed", k=2))
     s = replay(spy, trace).summary
     drafted = [e.drafted for e in spy.log if isinstance(e, StepOutcome)]

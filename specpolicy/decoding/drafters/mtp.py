@@ -29,31 +29,34 @@ __all__ = ["CatchUp", "MTPDrafter"]
 class CatchUp:
     """How many rows (pending indices) the MTP drafter's calls process, step by step, from the steps alone: the same
     bookkeeping as ``MTPDrafter`` without its tensors, for the cost model and the replay (a draft that catches up r
-    rows costs more than one of a single row: ``CostModel.t_row``).
+    rows costs more than one of a single row: ``CostModel.t_row``, and ``t_ctx`` for a depth's first draft).
 
     Drafting depth j with t_n the last committed token processes the indices ``L_j .. n-1`` (n - L_j rows; the first
     draft at a depth in a generation reads the whole context), then L_j = n; committing up to n' keeps
-    ``min(L_j, n' - j)`` entries, as ``MTPDrafter.crop`` does.
+    ``min(L_j, n' - j)`` entries, as ``MTPDrafter.crop`` does. After each ``step``, ``fresh`` holds the rows beyond
+    one per draft of that step's drafts at depths drafted for the first time (whole-context reads).
 
     Example:
         >>> cu = CatchUp(64)                    # the prompt is tokens 0..63; t_64 is the prefill's token
-        >>> cu.step(drafted=2, committed=3)     # depths 1 and 2 read the 64 prompt positions; both accepted
-        128
-        >>> cu.step(drafted=2, committed=1)     # each depth catches up the 3 tokens committed last step
-        6
+        >>> cu.step(drafted=2, committed=3), cu.fresh   # depths 1 and 2 read the 64 prompt positions; both accepted
+        (128, 126)
+        >>> cu.step(drafted=2, committed=1), cu.fresh   # each depth catches up the 3 tokens committed last step
+        (6, 0)
     """
 
-    __slots__ = ("L", "n")
+    __slots__ = ("L", "fresh", "n")
 
     def __init__(self, n: int) -> None:
-        self.n, self.L = n, []  # n: index of the last committed token; L[j-1]: entries of depth j
+        self.n, self.L, self.fresh = n, [], 0  # n: index of the last committed token; L[j-1]: entries of depth j
 
     def step(self, drafted: int, committed: int) -> int:
         """Rows processed by the ``drafted`` drafts of a step that commits ``committed`` tokens; advances to the next."""
         n, L = self.n, self.L
         if len(L) < drafted:
             L += [0] * (drafted - len(L))
-        rows = drafted * n - sum(L[:drafted])
+        head = L[:drafted]
+        rows = drafted * n - sum(head)
+        self.fresh = head.count(0) * (n - 1) if n > 0 else 0  # depths with no entry yet read the whole context
         # each drafted depth j (0-based) now holds min(n, n + committed - 1 - j) entries: n for j < committed, then
         # one fewer per depth; depths not drafted this step keep entries that read committed tokens only
         if drafted <= committed:
