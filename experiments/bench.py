@@ -284,7 +284,7 @@ def speed(cfg, policies: dict) -> dict:
     prompts, data_info = checks.prompts_for(cfg.data, model.tokenizer)
     cost = None
     if any(step_cost_missing(p.params()) for p in policies.values()):  # goodput: the cost model of this machine
-        cost = measure_cost(model, list(prompts[0].ids) * 2, max(cfg.cost_depth, 8), reps=30, loop_reps=1,
+        cost = measure_cost(model, list(prompts[0].ids) * 2, max(cfg.cost_depth, 8), reps=30, loop_reps=3,
                             loop_tokens=32, engine=cfg.engine)
         policies = {label: with_step_cost(p, cost) for label, p in policies.items()}
     runners = {label: policy_runner(model, (lambda p=p: p), engine=cfg.engine) for label, p in policies.items()}

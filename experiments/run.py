@@ -80,7 +80,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     check_engine(model, plan.generate_kw["engine"])
     prompts, data_info = checks.prompts_for(plan.data, model.tokenizer)
     # a cost-aware arm (goodput) without step_cost gets the cost model measured here (or its recorded one on resume)
-    plan = checks.fill_step_cost(plan, lambda: measure_cost(model, list(prompts[0].ids), k=8, reps=10, loop_reps=1,
+    plan = checks.fill_step_cost(plan, lambda: measure_cost(model, list(prompts[0].ids), k=8, reps=10, loop_reps=3,
                                                          loop_tokens=32, engine=plan.generate_kw["engine"]),
                                  store)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
