@@ -32,9 +32,8 @@ the real run continues after the wrong token and diverges from there. Relaxed ru
 chain forward, which may differ from the decoder's block forward in the last bits (decisions exactly at a rule's
 boundary).
 
-Time is modelled with the trace's cost model: a step with m drafts costs ``CostModel.step_s`` (``c(m+1) *
-t_target(1) + m * t_mtp`` + the loop's overhead + the rows its drafts catch up, ``t_row`` and ``t_ctx``, counted by
-``CatchUp`` as the real run's are), and
+Time is modelled with the trace's cost model: a step with m drafts costs ``CostModel.step_s`` (``c(m+1) * t_target(1)
++ m * t_mtp``, the loop's overhead, the rows its drafts catch up: ``CatchUp``, as the real run's are), and
 ``modelled_speedup = sum over prompts of (new_tokens - 1) * t_target(1)  /  sum of the policy's step costs``
 (prefill excluded on both sides). ``StepOutcome.draft_s`` / ``verify_s`` carry these modelled times.
 
@@ -133,9 +132,8 @@ _TABLES: WeakKeyDictionary = WeakKeyDictionary()  # trace -> (trace.rows and eos
 
 
 def _prefixes(D, Q, E, M) -> tuple[list, tuple]:
-    """``([j]: d_1..d_j of one row as StepState.with_prefix takes them, j = 1..K, the whole chain d_1..d_n)``; the
-    list has None from the first depth without a recorded draft on (``draft_phase`` asks no deeper once
-    ``next_draft`` has nothing), and the chain is what ``Policy.decide_chain`` reads."""
+    """``([j]: d_1..d_j of one row for StepState.with_prefix, j = 1..K; the chain d_1..d_n for decide_chain)``; None
+    from the first depth without a recorded draft on (``draft_phase`` asks no deeper once ``next_draft`` has nothing)."""
     n = next((j for j, d in enumerate(D) if d < 0), len(D))  # depths with a recorded draft
     D, Q, E, M = tuple(D), tuple(Q), tuple(E), tuple(M)
     prefixes = [None, *((D[:j], Q[:j], E[:j], M[:j]) for j in range(1, n + 1))] + [None] * (len(D) - n)
@@ -163,13 +161,10 @@ def _row_tables(trace: Trace) -> list[list[tuple]]:
     for i in range(P):
         toks, D, Q, E, M, C = (rows[k][i] for k in ("tokens", "draft", "q", "entropy", "margin", "target_chain"))
         pf = [rows[k][i] for k in PFeatures._fields]
-        rows_i = []
-        for n in range(N - 1):
-            prefixes, chain = _prefixes(D[n], Q[n], E[n], M[n])
-            rows_i.append((prefixes.__getitem__, tuple(map(_VERDICT, clean_ok[i][n])),
-                           tuple(map(_VERDICT, chain_ok[i][n])), toks[n + 1 : n + 2 + K], C[n],
-                           tuple(zip(*(f[n] for f in pf))), [None] * (K + 1), chain))
-        tables.append(rows_i)
+        chains = [_prefixes(D[n], Q[n], E[n], M[n]) for n in range(N - 1)]
+        tables.append([(chains[n][0].__getitem__, tuple(map(_VERDICT, clean_ok[i][n])),
+                        tuple(map(_VERDICT, chain_ok[i][n])), toks[n + 1 : n + 2 + K], C[n],
+                        tuple(zip(*(f[n] for f in pf))), [None] * (K + 1), chains[n][1]) for n in range(N - 1)])
     _TABLES[trace] = (rows, key, tables)
     return tables
 
@@ -332,8 +327,7 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     observe = None if getattr(policy.observe, "__func__", None) is Policy.observe else policy.observe  # no-op hook
     plan = (relaxed_rule(policy.acceptance), max_new, max_draft, max_draft if max_draft == K else -1,
             trace.native_depths, trace.eos_ids, costs, reads_stats(policy), observe)
-    # drafts that catch up several rows (``CatchUp``): the prompt length is where it starts
-    rows = trace.cost.t_row > 0 or trace.cost.t_ctx > 0
+    rows = trace.cost.t_row > 0 or trace.cost.t_ctx > 0  # catch-up rows priced (``CatchUp`` from the prompt length)
     prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan, (trace.cost, len(trace.prompt_ids[i])) if rows else None)
                     for i, table in enumerate(_row_tables(trace)))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
