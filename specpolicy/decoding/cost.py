@@ -78,7 +78,7 @@ class CostModel:
         return self.compute_s(drafted, rows, fresh) + self.t_overhead + drafted * self.t_overhead_draft
 
     def generation_s(self, res, compute_only: bool = False) -> float:
-        """Modelled seconds of the steps of one ``GenerationResult`` (catch-up rows from ``CatchUp`` when ``t_row``)."""
+        """Modelled seconds of the steps of one ``GenerationResult`` (catch-up rows from ``CatchUp`` where priced)."""
         cost = self.compute_s if compute_only else self.step_s
         if not (self.t_row or self.t_ctx):
             return sum(cost(len(s.drafts)) for s in res.steps)

@@ -75,14 +75,6 @@ def _cost_table(step_cost, n: int) -> tuple[float, ...]:
     return tuple(t)
 
 
-def _accumulate(c: float, r: float, p: float, e: float, trusting: bool, w: float, g: float, tau: float):
-    """(P_j, E(j), still trusting) after a drafted d_j with confidence c and acceptance estimate r_j."""
-    if trusting and c >= tau:
-        return p, e + p, True  # a trusted draft is committed whatever its verdict: a_j = 1
-    p *= w * (c if g == 1.0 else c ** g) + (1.0 - w) * r
-    return p, e + p, False
-
-
 def _check_step_cost(value) -> tuple[float, ...] | None:
     allowed = ("null (the cost model of where it runs) or a list of >= 2 positive numbers: t_step(m) / t_step(0) "
                f"for m = 0, 1, ... (at most {_MAX_COST_LEN})")
@@ -160,29 +152,27 @@ class GoodputPolicy(Policy):
             step = self._step = [stats, [], []]
         rate, wr = step[1], step[2]  # r_j and (1 - w) r_j, filled as far as the depths read so far
         w, g, tau, t, ahead = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead
-        p, e, trusting = 1.0, 1.0, tau < 1
+        p, e, trusting, last, d = 1.0, 1.0, tau < 1, 0.0, 0  # P_d, E(d), still trusting, w c_d^g
         if len(rate) < m:
             self._fill_rates(stats, rate, wr, m)
-        for j in range(m):  # E(m) over the drafts so far
-            p, e, trusting = _accumulate(conf[j], rate[j], p, e, trusting, w, g, tau)
-        d, last = m, w * (conf[m - 1] if g == 1.0 else conf[m - 1] ** g) if m else 0.0  # last: w c_d^g
         while d < limit:
-            pj, ej, td, top = p, e, t[d], d + ahead if d + ahead < limit else limit
-            if len(rate) < top:
-                self._fill_rates(stats, rate, wr, top)
-            for j in range(d, top):  # depth j+1, not drafted yet: a_{j+1} = w c_d^g + (1 - w) r_{j+1}, or r at d = 0
-                pj *= last + wr[j] if d else rate[j]
-                ej += pj
-                if ej * td > e * t[j + 1]:  # G(j + 1) > G(d)
-                    break
-            else:
-                return d
-            if d == n:
-                return n + 1
-            c = conf[d]  # draft d+1 (as _accumulate, with its w c^g kept for the next depth's lookahead)
+            if d >= m:  # the rule at depth d (E(m) is accumulated over the drafts so far first)
+                pj, ej, td, top = p, e, t[d], d + ahead if d + ahead < limit else limit
+                if len(rate) < top:
+                    self._fill_rates(stats, rate, wr, top)
+                for j in range(d, top):  # depth j+1, not drafted yet: a_{j+1} = w c_d^g + (1 - w) r_{j+1}, or r at d=0
+                    pj *= last + wr[j] if d else rate[j]
+                    ej += pj
+                    if ej * td > e * t[j + 1]:  # G(j + 1) > G(d)
+                        break
+                else:
+                    return d
+                if d == n:
+                    return n + 1
+            c = conf[d]  # draft d+1: a_{d+1} = w c^g + (1 - w) r_{d+1}, or 1 while trusted
             last = w * (c if g == 1.0 else c ** g)
             if trusting and c >= tau:
-                e += p
+                e += p  # a trusted draft is committed whatever its verdict
             else:
                 trusting = False
                 p *= last + wr[d]
