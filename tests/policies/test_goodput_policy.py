@@ -12,6 +12,7 @@ from specpolicy.policies import (
     ActionKind,
     GoodputPolicy,
     PolicyParamError,
+    StepOutcome,
     StepState,
     get_policy,
     relative_step_cost,
@@ -77,6 +78,33 @@ def test_decisions_follow_the_goodput_rule(params):
         kinds.add(got.kind)
     assert ActionKind.EXTEND in kinds and ActionKind.VERIFY in kinds
 
+
+
+@pytest.mark.parametrize("params", [
+    {"step_cost": (1.0, 1.2, 1.5), "weight": 0.5, "gamma": 0.75, "prior_n": 16.0},
+    {"step_cost": (1.0, 1.3), "weight": 0.0, "explore": 0.0, "k_max": 4},
+])
+def test_rates_carried_from_step_to_step_match_the_rule(params):
+    """Stats as a generation grows them (each step adds a walked prefix), a reset now and then, and unrelated stats
+    in between: the rates ``goodput`` carries over from the last step give the oracle's decisions throughout."""
+    p, rng, kinds = GoodputPolicy(**params), np.random.default_rng(1), set()
+    stats = AcceptanceStats()
+    for step in range(4000):
+        if rng.random() < 0.02:
+            p.reset()
+            stats = AcceptanceStats()
+        elif rng.random() < 0.05:
+            stats = random_state(rng).stats  # not a prefix change of the last counts
+        else:
+            verdicts = tuple(bool(v) for v in rng.random(int(rng.integers(0, 10))) < 0.7)
+            stats = stats.updated(StepOutcome(len(verdicts), 0, (False,) * len(verdicts), verdicts, 1))
+        for m in range(int(rng.integers(1, 4))):  # a few depths of one step: the same stats object
+            conf = tuple(float(c) for c in rng.random(m))
+            state = StepState(drafts=(1,) * m, confidence=conf, budget=int(rng.integers(0, 10)), stats=stats)
+            got = p.decide(state)
+            assert got.kind is oracle(p, state), (step, state)
+            kinds.add(got.kind)
+    assert ActionKind.EXTEND in kinds and ActionKind.VERIFY in kinds
 
 def depth_reached(p: GoodputPolicy, conf: float, budget: int = 100) -> int:
     state = StepState(budget=budget)
