@@ -112,8 +112,6 @@ class GoodputPolicy(Policy):
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
         self._step: list = [None, [], []]  # the stats of the step being drafted, its r_0, r_1, ... so far, (1 - w) r_j
         self._rates: dict[tuple[int, int], float] = {}  # r_j by depth j's (accepted, attempted) counts
-        self._r0 = self._rate(0, 0)  # r_j at a depth never attempted
-        self._last: tuple = ((), (), [], [])  # the last step's counts and rates (``_fill_rates``)
 
     @property
     def lossless(self) -> bool:
@@ -150,15 +148,18 @@ class GoodputPolicy(Policy):
         h = 1..min(lookahead, limit - d): module docstring); n + 1 if it extends at every depth m..n. ``conf`` holds
         c_1..c_n; the rule at depth d reads c_1..c_d only."""
         step = self._step
-        if step[0] is not stats:  # a new step (stats are immutable): its rates, once
+        if step[0] is not stats:  # a new step (stats are immutable): its rates are looked up as first needed
             step = self._step = [stats, [], []]
-            self._fill_rates(stats, step[1], step[2], self.k_max)
-        rate, wr = step[1], step[2]  # r_j and (1 - w) r_j for j = 0..k_max-1 at least
+        rate, wr = step[1], step[2]  # r_j and (1 - w) r_j, filled as far as the depths read so far
         w, g, tau, t, ahead = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead
         p, e, trusting, last, d = 1.0, 1.0, tau < 1, 0.0, 0  # P_d, E(d), still trusting, w c_d^g
+        if len(rate) < m:
+            self._fill_rates(stats, rate, wr, m)
         while d < limit:
             if d >= m:  # the rule at depth d (E(m) is accumulated over the drafts so far first)
                 pj, ej, td, top = p, e, t[d], d + ahead if d + ahead < limit else limit
+                if len(rate) < top:
+                    self._fill_rates(stats, rate, wr, top)
                 for j in range(d, top):  # depth j+1, not drafted yet: a_{j+1} = w c_d^g + (1 - w) r_{j+1}, or r at d=0
                     pj *= last + wr[j] if d else rate[j]
                     ej += pj
@@ -180,41 +181,24 @@ class GoodputPolicy(Policy):
         return d
 
     def _fill_rates(self, stats, rate: list, wr: list, limit: int) -> None:
-        """r_j with its exploration bonus (module docstring) and (1 - w) r_j for every depth j of ``stats`` and the
-        prior's rate past them, at least ``limit`` of each, into the empty ``rate`` and ``wr``. Each r_j is a function
-        of depth j's (accepted, attempted) counts only: a step's walk changes the counts of a prefix of the depths,
-        so only the depths whose counts differ from the last step's are looked up (memoised per pair)."""
-        att, acc = stats.attempted, stats.accepted
-        last_att, last_acc, last_rate, last_wr = self._last
-        i, n = 0, len(att)
-        if n == len(last_att):
-            while i < n and (att[i] != last_att[i] or acc[i] != last_acc[i]):
-                i += 1
-        if n != len(last_att) or att[i:] != last_att[i:] or acc[i:] != last_acc[i:]:
-            i = n  # not a prefix change: every depth afresh
-        memo, w1 = self._rates, 1.0 - self.weight
+        """r_j with its exploration bonus (module docstring) and (1 - w) r_j appended to ``rate`` and ``wr`` for
+        j = len(rate)..limit-1. Each r_j is a function of depth j's (accepted, attempted) counts only, so it is
+        computed once per pair."""
+        memo, w1, acc, att = self._rates, 1.0 - self.weight, stats.accepted, stats.attempted
         if len(memo) > 65536:
             memo.clear()
-        for j in range(i):
-            key = (acc[j], att[j])
+        for i in range(len(rate), limit):
+            key = (acc[i], att[i]) if i < len(att) else (0, 0)
             r = memo.get(key)
             if r is None:
-                r = memo[key] = self._rate(*key)
+                pn = self.prior_n
+                n = key[1] + pn
+                r = (key[0] + self.prior_accept * pn) / n
+                if self.explore:
+                    r = min(1.0, r + self.explore * math.sqrt(r * (1.0 - r) / n))
+                memo[key] = r
             rate.append(r)
             wr.append(w1 * r)
-        rate += last_rate[i:n]  # the depths whose counts did not change
-        wr += last_wr[i:n]
-        if n < limit:
-            rate += [self._r0] * (limit - n)
-            wr += [w1 * self._r0] * (limit - n)
-        self._last = (att, acc, rate, wr)
-
-    def _rate(self, accepted: int, attempted: int) -> float:
-        """r_j from depth j's counts, raised to its upper confidence bound (module docstring)."""
-        pn = self.prior_n
-        n = attempted + pn
-        r = (accepted + self.prior_accept * pn) / n
-        return min(1.0, r + self.explore * math.sqrt(r * (1.0 - r) / n)) if self.explore else r
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
