@@ -79,14 +79,14 @@ def test_decisions_follow_the_goodput_rule(params):
     assert ActionKind.EXTEND in kinds and ActionKind.VERIFY in kinds
 
 
-
 @pytest.mark.parametrize("params", [
     {"step_cost": (1.0, 1.2, 1.5), "weight": 0.5, "gamma": 0.75, "prior_n": 16.0},
     {"step_cost": (1.0, 1.3), "weight": 0.0, "explore": 0.0, "k_max": 4},
 ])
-def test_rates_carried_from_step_to_step_match_the_rule(params):
+def test_rates_cached_across_depths_and_steps_match_the_rule(params):
     """Stats as a generation grows them (each step adds a walked prefix), a reset now and then, and unrelated stats
-    in between: the rates ``goodput`` carries over from the last step give the oracle's decisions throughout."""
+    in between, each asked at a few depths: ``goodput``'s per-step rate cache and its memo of rates by counts give
+    the oracle's decisions throughout."""
     p, rng, kinds = GoodputPolicy(**params), np.random.default_rng(1), set()
     stats = AcceptanceStats()
     for step in range(4000):
@@ -105,6 +105,7 @@ def test_rates_carried_from_step_to_step_match_the_rule(params):
             assert got.kind is oracle(p, state), (step, state)
             kinds.add(got.kind)
     assert ActionKind.EXTEND in kinds and ActionKind.VERIFY in kinds
+
 
 def depth_reached(p: GoodputPolicy, conf: float, budget: int = 100) -> int:
     state = StepState(budget=budget)
