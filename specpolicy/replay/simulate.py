@@ -195,9 +195,13 @@ class _Judge:
 
 
 class _StatsLeftOut:
-    """``state.stats`` for a policy that declares ``reads_stats = False``: reading it is a broken declaration."""
+    """``state.stats`` for a policy that declares ``reads_stats = False``: reading it is a broken declaration. Python's
+    own probes of special names (``copy``, ``inspect.unwrap``, doctest: ``__deepcopy__``, ``__wrapped__``) get the
+    AttributeError they expect, so copying a state or introspecting the module still works."""
 
     def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
         raise TypeError(f"a policy declares reads_stats = False but its decide read state.stats.{name}; allowed: "
                         "remove the declaration (the default, reads_stats = True)")
 

@@ -5,6 +5,7 @@ one-pass draft phase (``decide_chain``) equal to asking its ``decide`` depth by 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 
@@ -87,6 +88,15 @@ def test_a_policy_that_reads_stats_sees_them_and_a_false_declaration_fails():
 
     with pytest.raises(TypeError, match="reads_stats = False"):
         replay(Liar(k=3), trace)
+
+    class Copies(FixedPolicy):  # copies its state (Python probes __deepcopy__ and the like) but never reads stats
+        reads_stats = False
+
+        def decide(self, state):
+            return super().decide(copy.deepcopy(state))
+
+    assert _digest(replay(Copies(k=3), trace)) == _digest(replay(FixedPolicy(k=3), trace))
+    assert not hasattr(simulate._STATS_LEFT_OUT, "__wrapped__")  # inspect.unwrap's probe (doctest collection)
 
 
 def test_memoised_walks_do_not_depend_on_what_was_replayed_before():
