@@ -55,6 +55,8 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from specpolicy.policies.base import _EXTEND, _VERIFY, Action, Policy, StepState
 from specpolicy.policies.registry import MAX_DEPTH, PolicyParamError, check_param, register_policy
 
@@ -64,6 +66,9 @@ __all__ = ["NOMINAL_STEP_COST", "GoodputPolicy", "relative_step_cost", "step_cos
 # embedded model on a CPU (issue 13: drafting 0.31 of a target forward per depth, plus the longer verify forward).
 NOMINAL_STEP_COST = (1.0, 1.4)
 _MAX_COST_LEN = 4 * MAX_DEPTH + 4
+_DEPTHS = MAX_DEPTH + 1  # the rule reads counts at depths 1..k_max <= MAX_DEPTH (and one past, never used)
+_ZEROS = (0,) * _DEPTHS
+_TABLE_ROWS = 512  # rate table rows (attempted counts) computed at once: ~131k entries; later rows lazily
 
 
 def _cost_table(step_cost, n: int) -> tuple[float, ...]:
@@ -90,6 +95,30 @@ def _check_step_cost(value) -> tuple[float, ...] | None:
     return tuple(float(x) for x in items)
 
 
+def _rate(a: int, n: int, prior_accept: float, prior_n: float, explore: float) -> float:
+    """r for a accepted of n attempted (module docstring), in the arithmetic ``GoodputPolicy._grow`` tables."""
+    total = n + prior_n
+    r = (a + prior_accept * prior_n) / total
+    if explore:
+        r = min(1.0, r + explore * math.sqrt(max(r * (1.0 - r), 0.0) / total))
+    return r
+
+
+class _LazyRow(dict):
+    """Row n of ``GoodputPolicy``'s rate table past ``_TABLE_ROWS``: ``row[a]`` = scale * r(a, n), computed when
+    first read (``prior``: prior_accept, prior_n, explore)."""
+
+    __slots__ = ("n", "prior", "scale")
+
+    def __init__(self, n: int, scale: float, prior: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.n, self.scale, self.prior = n, scale, prior
+
+    def __missing__(self, a: int) -> float:
+        value = self[a] = self.scale * _rate(a, self.n, *self.prior)
+        return value
+
+
 @register_policy
 class GoodputPolicy(Policy):
     """Extend while one more draft (or up to ``lookahead`` more) raises the expected committed tokens per unit time
@@ -110,8 +139,9 @@ class GoodputPolicy(Policy):
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
         self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
-        self._step: list = [None, [], []]  # the stats of the step being drafted, its r_0, r_1, ... so far, (1 - w) r_j
-        self._rates: dict[tuple[int, int], float] = {}  # r_j by depth j's (accepted, attempted) counts
+        self._step: tuple = (None, (), ())  # the stats of the step being drafted, padded to depth MAX_DEPTH
+        self._table: tuple[list, list] = ([], [])  # [n][a]: r and (1 - w) r for a accepted of n attempted
+        self._grow(0)
 
     @property
     def lossless(self) -> bool:
@@ -148,20 +178,21 @@ class GoodputPolicy(Policy):
         h = 1..min(lookahead, limit - d): module docstring); n + 1 if it extends at every depth m..n. ``conf`` holds
         c_1..c_n; the rule at depth d reads c_1..c_d only."""
         step = self._step
-        if step[0] is not stats:  # a new step (stats are immutable): its rates are looked up as first needed
-            step = self._step = [stats, [], []]
-        rate, wr = step[1], step[2]  # r_j and (1 - w) r_j, filled as far as the depths read so far
+        if step[0] is not stats:  # a new step (stats are immutable): its counts padded to every depth
+            att, acc = stats.attempted, stats.accepted
+            pad = _ZEROS[: _DEPTHS - len(att)]
+            step = self._step = (stats, att + pad, acc + pad)
+            if att and max(att) >= len(self._table[0]):
+                self._grow(max(att))
+        _, att, acc = step  # r_{j+1} = rate[att[j]][acc[j]]
+        rate, wr = self._table
         w, g, tau, t, ahead = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead
         p, e, trusting, last, d = 1.0, 1.0, tau < 1, 0.0, 0  # P_d, E(d), still trusting, w c_d^g
-        if len(rate) < m:
-            self._fill_rates(stats, rate, wr, m)
         while d < limit:
             if d >= m:  # the rule at depth d (E(m) is accumulated over the drafts so far first)
                 pj, ej, td, top = p, e, t[d], d + ahead if d + ahead < limit else limit
-                if len(rate) < top:
-                    self._fill_rates(stats, rate, wr, top)
                 for j in range(d, top):  # depth j+1, not drafted yet: a_{j+1} = w c_d^g + (1 - w) r_{j+1}, or r at d=0
-                    pj *= last + wr[j] if d else rate[j]
+                    pj *= last + wr[att[j]][acc[j]] if d else rate[att[j]][acc[j]]
                     ej += pj
                     if ej * td > e * t[j + 1]:  # G(j + 1) > G(d)
                         break
@@ -175,30 +206,31 @@ class GoodputPolicy(Policy):
                 e += p  # a trusted draft is committed whatever its verdict
             else:
                 trusting = False
-                p *= last + wr[d]
+                p *= last + wr[att[d]][acc[d]]
                 e += p
             d += 1
         return d
 
-    def _fill_rates(self, stats, rate: list, wr: list, limit: int) -> None:
-        """r_j with its exploration bonus (module docstring) and (1 - w) r_j appended to ``rate`` and ``wr`` for
-        j = len(rate)..limit-1. Each r_j is a function of depth j's (accepted, attempted) counts only, so it is
-        computed once per pair."""
-        memo, w1, acc, att = self._rates, 1.0 - self.weight, stats.accepted, stats.attempted
-        if len(memo) > 65536:
-            memo.clear()
-        for i in range(len(rate), limit):
-            key = (acc[i], att[i]) if i < len(att) else (0, 0)
-            r = memo.get(key)
-            if r is None:
-                pn = self.prior_n
-                n = key[1] + pn
-                r = (key[0] + self.prior_accept * pn) / n
-                if self.explore:
-                    r = min(1.0, r + self.explore * math.sqrt(r * (1.0 - r) / n))
-                memo[key] = r
-            rate.append(r)
-            wr.append(w1 * r)
+    def _grow(self, n: int) -> None:
+        """Extend the table of r (module docstring: with its exploration bonus) and (1 - w) r through n attempted
+        (at least doubling it): rows n' < ``_TABLE_ROWS`` hold a = 0..n' accepted, computed at once; rows past it
+        (long generations) compute an entry when first read (``_LazyRow``), so the table stays small."""
+        rate, wr = self._table
+        lo, hi = len(rate), max(n + 1, 2 * len(rate), 16)
+        pn, w1 = self.prior_n, 1.0 - self.weight
+        full = min(hi, _TABLE_ROWS)
+        if lo < full:  # the arithmetic of ``_rate``, elementwise over the rows lo..full-1 (the same bits)
+            total = np.arange(lo, full, dtype=np.float64)[:, None] + pn
+            r = (np.arange(full, dtype=np.float64)[None, :] + self.prior_accept * pn) / total
+            if self.explore:
+                r = np.minimum(1.0, r + self.explore * np.sqrt(np.maximum(r * (1.0 - r), 0.0) / total))
+            for k, (row, wrow) in enumerate(zip(r.tolist(), (w1 * r).tolist()), lo):
+                rate.append(row[: k + 1])
+                wr.append(wrow[: k + 1])
+        prior = (self.prior_accept, pn, self.explore)
+        for k in range(max(lo, full), hi):
+            rate.append(_LazyRow(k, 1.0, prior))
+            wr.append(_LazyRow(k, w1, prior))
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

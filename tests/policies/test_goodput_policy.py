@@ -4,6 +4,8 @@ parameter errors, and the helpers that fill ``step_cost`` from a cost model."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,7 @@ def test_decisions_follow_the_goodput_rule(params):
 ])
 def test_rates_cached_across_depths_and_steps_match_the_rule(params):
     """Stats as a generation grows them (each step adds a walked prefix), a reset now and then, and unrelated stats
-    in between, each asked at a few depths: ``goodput``'s per-step rate cache and its memo of rates by counts give
+    in between, each asked at a few depths: ``goodput``'s per-step padded counts and its table of rates by counts give
     the oracle's decisions throughout."""
     p, rng, kinds = GoodputPolicy(**params), np.random.default_rng(1), set()
     stats = AcceptanceStats()
@@ -105,6 +107,32 @@ def test_rates_cached_across_depths_and_steps_match_the_rule(params):
             assert got.kind is oracle(p, state), (step, state)
             kinds.add(got.kind)
     assert ActionKind.EXTEND in kinds and ActionKind.VERIFY in kinds
+
+
+def test_rates_at_long_generation_counts_match_the_rule():
+    """Counts of a long generation (hundreds to thousands of attempts per depth, past the rows the rate table computes
+    at once) give the oracle's decisions too, and the table grows only as far as the counts seen."""
+    p, rng, kinds = GoodputPolicy(step_cost=(1.0, 1.2, 1.5), weight=0.4, explore=1.5), np.random.default_rng(2), set()
+    for _ in range(1500):
+        depth = int(rng.integers(1, 9))
+        att = np.sort(rng.integers(0, 3000, depth))[::-1]
+        acc = (att * rng.uniform(0.3, 1.0, depth)).astype(int)
+        stats = AcceptanceStats(tuple(int(x) for x in att), tuple(int(x) for x in acc))
+        m = int(rng.integers(0, 4))
+        state = StepState(drafts=(1,) * m, confidence=tuple(float(c) for c in rng.random(m)),
+                          budget=int(rng.integers(1, 12)), stats=stats)
+        got = p.decide(state)
+        assert got.kind is oracle(p, state), state
+        kinds.add(got.kind)
+        if max(stats.attempted) >= len(p._table[0]):  # not read by this decide (m >= its limit): grown here
+            p._grow(max(stats.attempted))
+        rate, wr = p._table  # the table's entries are the rule's r_j, bit for bit (decisions rarely sit that close)
+        for j, (n, a) in enumerate(zip(stats.attempted, stats.accepted), 1):
+            mean = stats.rate(j, p.prior_accept, p.prior_n)
+            r = min(1.0, mean + p.explore * math.sqrt(mean * (1 - mean) / (n + p.prior_n)))
+            assert (rate[n][a], wr[n][a]) == (r, (1 - p.weight) * r), (n, a)
+    assert ActionKind.EXTEND in kinds and ActionKind.VERIFY in kinds
+    assert len(p._table[0]) <= 2 * 3000
 
 
 def depth_reached(p: GoodputPolicy, conf: float, budget: int = 100) -> int:
