@@ -115,7 +115,7 @@ def check_peers(peers) -> list[str]:
 
 def validate(cfg) -> dict:
     """The policy variants ({label: policy}); one-line ``UserError`` for bad settings."""
-    from specpolicy.decoding.engine import ENGINES
+    from specpolicy.decoding.engine import unknown_engine
     from specpolicy.runs import checks
 
     for ok, message in (
@@ -129,7 +129,7 @@ def validate(cfg) -> dict:
          f"assistant_confidence={cfg.assistant_confidence} is invalid; allowed: 0 < assistant_confidence < 1"),
         (cfg.lookup_tokens >= 1, f"lookup_tokens={cfg.lookup_tokens} is invalid; allowed: an integer >= 1"),
         (cfg.lookup_ngram >= 1, f"lookup_ngram={cfg.lookup_ngram} is invalid; allowed: an integer >= 1"),
-        (cfg.engine in ENGINES, f"engine={cfg.engine} is unknown; allowed: {', '.join(ENGINES)}"),
+        (unknown_engine(cfg.engine) is None, unknown_engine(cfg.engine)),
     ):
         if not ok:
             raise UserError(message)

@@ -93,7 +93,7 @@ class TraceConf:
 
 def check_recording(cfg) -> None:
     """The settings of a recording (``record_into``) as one-line ``UserError``s."""
-    from specpolicy.decoding.engine import ENGINES
+    from specpolicy.decoding.engine import unknown_engine
     from specpolicy.runs import checks
 
     for ok, message in (
@@ -101,8 +101,7 @@ def check_recording(cfg) -> None:
         (1 <= cfg.probe_depth <= 32, f"probe_depth={cfg.probe_depth} is invalid; allowed: 1 <= probe_depth <= 32"),
         (cfg.cost_reps >= 1, f"cost_reps={cfg.cost_reps} is invalid; allowed: an integer >= 1"),
         (cfg.threads >= 1, f"threads={cfg.threads} is invalid; allowed: an integer >= 1"),
-        (cfg.get("engine", "auto") in ENGINES,
-         f"engine={cfg.get('engine', 'auto')} is unknown; allowed: {', '.join(ENGINES)}"),
+        (unknown_engine(cfg.get("engine", "auto")) is None, unknown_engine(cfg.get("engine", "auto"))),
     ):
         if not ok:
             raise UserError(message)

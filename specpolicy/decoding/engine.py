@@ -24,7 +24,8 @@ from transformers import DynamicCache
 from ..errors import UserError
 from ..models.lean import LeanMTPLayer, LeanTarget, lean_unsupported, packed_unsupported
 
-__all__ = ["ENGINES", "DecodeError", "TransformersForward", "causal_forward", "check_engine", "mtp_layer_forward"]
+__all__ = ["ENGINES", "DecodeError", "TransformersForward", "causal_forward", "check_engine", "mtp_layer_forward",
+           "unknown_engine"]
 
 ENGINES = ("auto", "lean", "packed", "transformers")
 
@@ -59,10 +60,21 @@ class _Lean(LeanTarget):
     kind = "lean"
 
 
+def unknown_engine(engine, key: str = "engine") -> str | None:
+    """The one-line error for an engine name that is not one of ``ENGINES`` (``key``: the setting as the caller's
+    config names it), or None for a known one; the apps check their settings with it before loading a model.
+
+    Example:
+        >>> unknown_engine("fast", "decode.engine"), unknown_engine("packed")
+        ('decode.engine=fast is unknown; allowed: auto, lean, packed, transformers', None)
+    """
+    return None if engine in ENGINES else f"{key}={engine} is unknown; allowed: {', '.join(ENGINES)}"
+
+
 def _choose(module, engine: str, what: str) -> bool:
     """True for the lean forward (packed or not)."""
     if engine not in ENGINES:
-        raise DecodeError(f"engine={engine!r} is unknown; allowed: {', '.join(ENGINES)}")
+        raise DecodeError(unknown_engine(repr(engine)))
     why = lean_unsupported(module.config, what) if engine != "transformers" else "not asked for"
     if engine == "packed" and why is None:
         why = packed_unsupported(next(module.parameters()))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from specpolicy.decoding.engine import ENGINES
+from specpolicy.decoding.engine import unknown_engine
 from specpolicy.errors import UserError
 from specpolicy.policies import PolicyParamError, UnknownPolicyError, get_policy
 
@@ -97,8 +97,8 @@ def validate(cfg) -> RunPlan:
         (0 < d.top_p <= 1, f"decode.top_p={d.top_p} is invalid; allowed: 0 < top_p <= 1"),
         (d.top_k >= 0, f"decode.top_k={d.top_k} is invalid; allowed: 0 (off) or >= 1"),
         (d.max_draft >= 0, f"decode.max_draft={d.max_draft} is invalid; allowed: >= 0"),
-        (getattr(d, "engine", "auto") in ENGINES,
-         f"decode.engine={getattr(d, 'engine', 'auto')} is unknown; allowed: {', '.join(ENGINES)}"),
+        (unknown_engine(getattr(d, "engine", "auto")) is None,
+         unknown_engine(getattr(d, "engine", "auto"), "decode.engine")),
         (cfg.threads >= 1, f"threads={cfg.threads} is invalid; allowed: an integer >= 1"),
         (cfg.bootstrap >= 0, f"bootstrap={cfg.bootstrap} is invalid; allowed: >= 0 resamples"),
     ]
