@@ -113,8 +113,8 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
                    new position, its state caught up over ``ctx`` first, as the decoder drafts;
     with ``loop_reps`` > 0 the same quantities are instead read off the decoder's own steps (``_from_decoder``:
                    ``generate`` decodes ``loop_tokens`` tokens after ``ctx`` with ``ar`` and ``fixed k`` for
-                   k = 1..K, ``loop_reps`` rounds interleaved): t_target[m] = median verify time of steps with m
-                   drafts, t_mtp = median draft-phase time per draft (MTP drafter: t_mtp, t_row and t_ctx, the cost
+                   k = 1..K, ``loop_reps`` rounds interleaved): t_target = the isolated curve scaled by the median
+                   ratio of the steps' verify times to it (``_from_decoder``), t_mtp = median draft-phase time per draft (MTP drafter: t_mtp, t_row and t_ctx, the cost
                    of each row a draft catches up beyond its first, fitted to the draft phases), t_overhead = median time per
                    step outside both phases. Isolated timings run with cold caches between calls of different
                    sizes and a drafter caught up by exactly one position; the decoder's own steps are what a run
@@ -166,8 +166,11 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
 def _from_decoder(model, ctx: list[int], k: int, compute: CostModel, reps: int, tokens: int, engine: str,
                   drafter) -> CostModel:
     """The cost model read off the decoder's own steps: ``reps`` interleaved rounds of ``generate`` with ar and fixed
-    k = 1..K after ``ctx``. t_target[m] = median verify time of steps with m drafts (forward + walk + commit; the
-    isolated timing where no step had that many); t_mtp = median draft-phase time per draft, or for the MTP drafter
+    k = 1..K after ``ctx``. t_target = the isolated forwards' curve (``compute``: every m timed within each
+    repetition, so its shape c(m) is stable) scaled to the loop's level: times the median, over every step, of its
+    verify time (forward + walk + commit) over the isolated forward of its size. Per-m medians of the verify times
+    themselves came from each policy's own stretch of time and, on a shared CPU, scattered c(m) by up to 0.35 between
+    measurements in one process (0.03-0.08 for the isolated curve); t_mtp = median draft-phase time per draft, or for the MTP drafter
     t_mtp and t_row fitted to the draft phases and the rows they caught up (``CatchUp``, ``_fit_drafts``);
     t_overhead = median time per step outside both phases (observe, records, the loop)."""
     from ..policies import get_policy
@@ -192,7 +195,9 @@ def _from_decoder(model, ctx: list[int], k: int, compute: CostModel, reps: int, 
                     drafts.append((m, r - m - cu.fresh, cu.fresh, st.draft_s))
             inside = sum(st.draft_s + st.verify_s for st in res.steps)
             outside.append((res.stats.wall_s - res.stats.prefill_s - inside) / len(res.steps))
-    t_target = tuple(statistics.median(verify[m]) if verify[m] else compute.t_target[m] for m in range(k + 1))
+    ratios = [t / compute.t_target[m] for m in range(k + 1) for t in verify[m]]
+    level = statistics.median(ratios) if ratios else 1.0  # the loop's verify phases over the isolated forwards
+    t_target = tuple(level * t for t in compute.t_target)
     t_mtp, t_row, t_ctx = statistics.median(per_draft) if per_draft else compute.t_mtp, 0.0, 0.0
     mtp = (drafter.name if drafter is not None else getattr(model, "drafter_name", None)) == "mtp"
     if mtp:
