@@ -76,7 +76,7 @@ class BenchConfig:
     mode: str = "speed"  # speed | memory
     new_tokens: int = 128
     repeats: int = 3
-    threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # one or two is faster by machine and load (README "Speed")
     engine: str = "auto"  # our variants' engine: auto | lean | packed | transformers (README "Speed")
     policies: list = field(default_factory=lambda: [f"{n}:{json.dumps(p)}" if p else n for n, p in LOSSLESS])
     peers: list = field(default_factory=lambda: list(PEERS))  # transformers peers, any of PEERS; [] for none

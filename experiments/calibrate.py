@@ -88,7 +88,7 @@ class CalibrateConfig:
     certify_tokens: int = 32  # max_new_tokens of the certification runs
     n_boot: int = 200  # prompt-bootstrap resamples for the intervals
     n_bins: int = 15
-    threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # one or two is faster by machine and load (README "Speed")
     figures: bool = True
     install: bool = False  # copy the fitted calibrators to SHIPPED_DIR (the embedded model's, greedy only)
 

@@ -41,7 +41,7 @@ class CompareLossyConfig:
     data: DataConf = field(default_factory=DataConf)
     decode: DecodeConf = field(default_factory=DecodeConf)
     drafter: str = "mtp"
-    threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # one or two is faster by machine and load (README "Speed")
     bootstrap: int = 2000
 
 

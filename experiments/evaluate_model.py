@@ -44,7 +44,7 @@ class EvaluateConfig:
     new_tokens: int = 128
     depths: int = 6
     seed: int = 0
-    threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # one or two is faster by machine and load (README "Speed")
     write_card: bool = False
 
 

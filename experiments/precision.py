@@ -38,7 +38,7 @@ class PrecisionConfig:
     max_new_tokens: int = 64
     policies: list = field(default_factory=lambda: list(LOSSLESS))
     probe_prompts: int = 8  # prompts whose block-vs-one-token logit rounding is measured
-    threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # one or two is faster by machine and load (README "Speed")
 
 
 ConfigStore.instance().store(name="precision_schema", node=PrecisionConfig)

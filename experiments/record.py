@@ -39,7 +39,7 @@ class RecordConfig(TraceConf):
     model: ModelConf = field(default_factory=ModelConf)
     drafter: DrafterConf = field(default_factory=DrafterConf)  # the trace records which drafter made it
     data: DataConf = field(default_factory=DataConf)
-    threads: int = 1  # torch.set_num_threads; one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # torch.set_num_threads; one or two is faster by machine and load (README "Speed")
     out: str = ""  # "" -> <run dir>/trace.safetensors
 
 

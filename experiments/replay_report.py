@@ -60,7 +60,7 @@ class ReportConfig:
     drafter: DrafterConf = field(default_factory=DrafterConf)  # must be the trace's (checked)
     n_prompts: int = 0  # 0: every prompt of the trace
     policies: list = field(default_factory=default_specs)
-    threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # one or two is faster by machine and load (README "Speed")
     cost: str = "measure"  # measure: in this process before decoding | trace: the trace's own cost model
     cost_reps: int = 20  # measure: repetitions of each model-part timing
     loop_reps: int = 2  # measure: rounds of decoder runs the cost model is read from; 0: isolated timings only

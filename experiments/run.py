@@ -43,7 +43,7 @@ class RunConfig:
     data: DataConf = field(default_factory=DataConf)
     decode: DecodeConf = field(default_factory=DecodeConf)
     baselines: bool = True  # also decode ar and fixed(k) on the same prompts (speedup and quality reference)
-    threads: int = 1  # torch.set_num_threads; one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # torch.set_num_threads; one or two is faster by machine and load (README "Speed")
     nll: bool = True  # score every output with one teacher-forced target forward (target_nll)
     bootstrap: int = 2000  # bootstrap resamples for the 95% intervals in summary.json
     figure: bool = True  # write overview.png

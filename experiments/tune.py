@@ -65,7 +65,7 @@ class TuneConfig:
     study: StudyConf = field(default_factory=StudyConf)
     trace: str = ""  # a trace from experiments.record; "": record one into the run directory first
     max_new_tokens: int = 0  # replay horizon; 0: the trace's N
-    threads: int = 1  # one was faster than two on a 2-core CPU (README "Speed")
+    threads: int = 1  # one or two is faster by machine and load (README "Speed")
     bench_replay: bool = False  # time replay of every registered policy on the trace, then exit
 
 
