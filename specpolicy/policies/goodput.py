@@ -66,8 +66,7 @@ __all__ = ["NOMINAL_STEP_COST", "GoodputPolicy", "relative_step_cost", "step_cos
 # embedded model on a CPU (issue 13: drafting 0.31 of a target forward per depth, plus the longer verify forward).
 NOMINAL_STEP_COST = (1.0, 1.4)
 _MAX_COST_LEN = 4 * MAX_DEPTH + 4
-_DEPTHS = MAX_DEPTH + 1  # the rule reads counts at depths 1..k_max <= MAX_DEPTH (and one past, never used)
-_ZEROS = (0,) * _DEPTHS
+_ZEROS = (0,) * MAX_DEPTH  # the rule reads counts at depths 1..k_max <= MAX_DEPTH
 _TABLE_ROWS = 512  # rate table rows (attempted counts) computed at once: ~131k entries; later rows lazily
 
 
@@ -139,7 +138,7 @@ class GoodputPolicy(Policy):
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
         self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
-        self._step: tuple = (None, (), ())  # the stats of the step being drafted, padded to depth MAX_DEPTH
+        self._step: tuple = (None, (), ())  # the stats of the step being drafted, its counts padded to MAX_DEPTH
         self._table: tuple[list, list] = ([], [])  # [n][a]: r and (1 - w) r for a accepted of n attempted
         self._grow(0)
 
@@ -180,10 +179,11 @@ class GoodputPolicy(Policy):
         step = self._step
         if step[0] is not stats:  # a new step (stats are immutable): its counts padded to every depth
             att, acc = stats.attempted, stats.accepted
-            pad = _ZEROS[: _DEPTHS - len(att)]
+            pad = _ZEROS[: MAX_DEPTH - len(att)]
             step = self._step = (stats, att + pad, acc + pad)
-            if att and max(att) >= len(self._table[0]):
-                self._grow(max(att))
+            most = max(att, default=0)
+            if most >= len(self._table[0]):
+                self._grow(most)
         _, att, acc = step  # r_{j+1} = rate[att[j]][acc[j]]
         rate, wr = self._table
         w, g, tau, t, ahead = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead

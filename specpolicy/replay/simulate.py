@@ -195,9 +195,8 @@ class _Judge:
 
 
 class _StatsLeftOut:
-    """``state.stats`` for a policy that declares ``reads_stats = False``: reading it is a broken declaration. Python's
-    own probes of special names (``copy``, ``inspect.unwrap``, doctest: ``__deepcopy__``, ``__wrapped__``) get the
-    AttributeError they expect, so copying a state or introspecting the module still works."""
+    """``state.stats`` for a policy that declares ``reads_stats = False``: reading it is a broken declaration (special
+    names, which ``copy`` and ``inspect`` probe, get the AttributeError they expect)."""
 
     def __getattr__(self, name):
         if name.startswith("__") and name.endswith("__"):
@@ -251,25 +250,21 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
         state = start_state(steps, new, left if left < max_draft else max_draft, stats, last_accepted, native_depths)
         if chain is None:
             state, action = draft_phase(policy, state, row[0], grow)
-            drafts = state.drafts
-            m = len(drafts)
+            m = len(state.drafts)
         else:  # the policy's own one-pass draft phase over the recorded chain (``Policy.decide_chain``)
-            m, action = chain(state, row[7])
-            drafts = None  # d_1..d_m = row[7][0][:m], built only if a walk needs them (not a memoised strict one)
+            m, action = chain(state, row[7])  # the state is not grown: a walk reads d_1..d_m off the chain, row[7][0]
         capped += m == full and left > m  # drafted the trace's full depth with token budget to spare
         strict = action.kind is not _TRUST
         if strict:  # the strict walk: the same for every visit of (row, m); a relaxed rule may change it (``relaxes``)
             finished, accepted, verdicts, committed, n_walked, n_ok, mask = (
-                row[6][m] or _strict_block(row, row[7][0][:m] if drafts is None else drafts, judge, eos))
+                row[6][m] or _strict_block(row, row[7][0][:m], judge, eos))
             strict = not relaxed or n_walked == n_ok or not relaxes(verdicts, judge.at(row))
             if strict:
                 walked_n[n_walked] += 1
                 ok_n[n_ok] += 1
         if not strict:  # trusted drafts, or a relaxed rule that accepts a draft the strict rule rejects
             mask = trust_mask(action, m)
-            if drafts is None:
-                drafts = row[7][0][:m]
-            block = walk(drafts, mask, judge.at(row), relaxed, eos)
+            block = walk(row[7][0][:m], mask, judge.at(row), relaxed, eos)
             finished, accepted, verdicts, committed = block.eos, block.accepted, block.verdicts, len(block.committed)
             for kind, ok in zip(block.provenance[: block.accepted], block.verdicts):  # the committed drafts
                 if kind != VERIFIED:  # trusted or relaxed: lossy [trusted, relaxed, wrong]
