@@ -313,7 +313,7 @@ def speed(cfg, policies: dict) -> dict:
             "peers": {f"hf_{n}": peer_settings(cfg)[n] for n in check_peers(cfg.peers)},
             "n_prompts": len(prompts), "data": data_info, "new_tokens": cfg.new_tokens, "repeats": cfg.repeats,
             "threads": torch.get_num_threads(), "engine": cfg.engine, "model": model.fingerprint(),
-            "drafter": model.drafter_name,
+            "drafter": model.drafter_label,
             "torch": torch.__version__, "cpu": cpu_name()}
 
 

@@ -67,7 +67,7 @@ class CalibrateConfig:
     source: str = "collect"  # "collect": decode prompts now; or a run directory holding steps.parquet
     policy: Any = None  # source=<run dir>: use only this policy label's rows (null: all)
     model: str = "tiny"  # source=collect: "tiny", a checkpoint directory or hub id
-    drafter: str = "mtp"  # source=collect: mtp | medusa[:<dir>] | draft[:<path>] | ngram (calibrators belong to it)
+    drafter: str = "mtp"  # source=collect: mtp[:int8] | medusa[:<dir>] | draft[:<path>] | ngram (calibrators belong to it)
     n_prompts: int = 128  # source=collect (64 calibrate, 64 evaluate: ECE at depth 1 within ~0.01)
     prompt_tokens: int = 64
     max_new_tokens: int = 128
@@ -187,7 +187,7 @@ def load_rows(cfg: CalibrateConfig) -> tuple[pd.DataFrame, dict, Any, list]:
     t0 = time.perf_counter()
     rows = collect(model, prompts, "fixed", k=cfg.k, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, progress=True)
-    info = {"source": "collect", "model": cfg.model, "drafter": model.drafter_name,
+    info = {"source": "collect", "model": cfg.model, "drafter": model.drafter_label,
             "dtype": str(model.dtype).removeprefix("torch."),
             "weights_sha256": model.card.get("weights_sha256"),
             "corpus_fingerprint": corpus.fingerprint(), "data_split": cfg.data_split, "data_seed": cfg.data_seed,
@@ -277,12 +277,14 @@ def calibrate(cfg: CalibrateConfig, run_dir: Path) -> dict:
 
 
 def _drafter_of(cfg: CalibrateConfig) -> str:
-    """The kind of drafter the rows come from: this config's (collect), or the run directory's config.yaml."""
+    """The drafter the rows come from (``drafter_label``: ``mtp-int8`` for ``mtp:int8``): this config's (collect), or
+    the run directory's config.yaml."""
+    from specpolicy.runs.checks import drafter_label_of
+
     if cfg.source == "collect":
-        return cfg.drafter.partition(":")[0]
+        return drafter_label_of(cfg.drafter)
     run_cfg = Path(cfg.source) / "config.yaml"
-    return str(OmegaConf.select(OmegaConf.load(run_cfg), "drafter.name", default="mtp")) if run_cfg.is_file() \
-        else "mtp"
+    return drafter_label_of(OmegaConf.select(OmegaConf.load(run_cfg), "drafter")) if run_cfg.is_file() else "mtp"
 
 
 def _save(cal: Calibrator, path: Path, provenance: dict) -> None:

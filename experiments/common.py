@@ -51,7 +51,8 @@ class ModelConf:
 @dataclass
 class DrafterConf:
     name: str = "mtp"  # mtp | medusa | draft | ngram
-    path: str = ""  # medusa: heads directory, draft: a draft model (dir or hub id); "": the ones shipped beside the model
+    path: str = ""  # medusa: heads directory, draft: a draft model (dir or hub id); "": the ones shipped beside the
+    # model; mtp: "int8" for the MTP layers in int8 (drafter=mtp_int8)
 
     @property
     def spec(self) -> str:

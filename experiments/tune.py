@@ -96,15 +96,17 @@ def validate(cfg) -> None:
 
 def get_trace(cfg, run_dir: Path):
     from specpolicy.replay import load_trace
+    from specpolicy.runs.checks import drafter_label_of
 
     if not cfg.trace:
         print(f"recording a trace ({cfg.data.n_prompts} prompts x {cfg.record.max_new_tokens} tokens, "
               f"K={cfg.record.probe_depth}) into {run_dir}")
         return record_into(recording_config(cfg), run_dir / "trace.safetensors")
     trace = load_trace(cfg.trace)
-    if cfg.drafter.name != trace.drafter:
-        raise UserError(f"the trace was recorded with drafter {trace.drafter}, not {cfg.drafter.name}; allowed: "
-                        f"drafter={trace.drafter}, or a trace recorded with drafter={cfg.drafter.name}")
+    mine = drafter_label_of(cfg.drafter)
+    if mine != trace.drafter:
+        raise UserError(f"the trace was recorded with drafter {trace.drafter}, not {mine}; allowed: "
+                        f"the drafter {trace.drafter}, or a trace recorded with {mine}")
     if cfg.max_new_tokens > trace.max_new_tokens:
         raise UserError(f"max_new_tokens={cfg.max_new_tokens} exceeds the trace's {trace.max_new_tokens}; "
                         "allowed: 0 (the trace's) or less")

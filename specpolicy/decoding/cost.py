@@ -199,7 +199,7 @@ def _from_decoder(model, ctx: list[int], k: int, compute: CostModel, reps: int, 
     level = statistics.median(ratios) if ratios else 1.0  # the loop's verify phases over the isolated forwards
     t_target = tuple(level * t for t in compute.t_target)
     t_mtp, t_row, t_ctx = statistics.median(per_draft) if per_draft else compute.t_mtp, 0.0, 0.0
-    mtp = (drafter.name if drafter is not None else getattr(model, "drafter_name", None)) == "mtp"
+    mtp = (drafter.name if drafter is not None else getattr(model, "drafter_label", None)) in ("mtp", "mtp-int8")
     if mtp:
         t_mtp, t_row, t_ctx = _fit_drafts(drafts, t_mtp)
     return CostModel(t_target, t_mtp, statistics.median(outside) if outside else 0.0, t_row=t_row, t_ctx=t_ctx)

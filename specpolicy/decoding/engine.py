@@ -22,10 +22,10 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import UserError
-from ..models.lean import LeanMTPLayer, LeanTarget, lean_unsupported, packed_unsupported
+from ..models.lean import LeanMTPLayer, LeanTarget, int8_unsupported, lean_unsupported, packed_unsupported
 
-__all__ = ["ENGINES", "DecodeError", "TransformersForward", "causal_forward", "check_engine", "mtp_layer_forward",
-           "unknown_engine"]
+__all__ = ["ENGINES", "DecodeError", "TransformersForward", "causal_forward", "check_engine", "int8_unsupported_for",
+           "mtp_layer_forward", "unknown_engine"]
 
 ENGINES = ("auto", "lean", "packed", "transformers")
 
@@ -89,10 +89,21 @@ def causal_forward(lm, engine: str = "auto") -> _Lean | TransformersForward:
     return _Lean(lm, packed=engine == "packed") if _choose(lm, engine, "target") else TransformersForward(lm)
 
 
-def mtp_layer_forward(mtp, layer_idx: int, engine: str = "auto"):
+def mtp_layer_forward(mtp, layer_idx: int, engine: str = "auto", int8: bool = False):
     """``forward(h_prev, pos, input_ids)``, ``logits(h)`` and ``crop(n)`` for MTP layer ``layer_idx`` with a cache of
-    its own, or None where the transformers path (``mtp.forward_layer`` with a ``DynamicCache``) must be used."""
+    its own, or None where the transformers path (``mtp.forward_layer`` with a ``DynamicCache``) must be used.
+    ``int8``: the lean layer with int8 projections whatever the engine (``DecodeError`` where it cannot run)."""
+    if int8:
+        why = int8_unsupported_for(mtp)
+        if why is not None:
+            raise DecodeError(f"the int8 MTP drafter cannot run here ({why}); allowed: drafter=mtp")
+        return LeanMTPLayer(mtp, layer_idx, int8=True)
     return LeanMTPLayer(mtp, layer_idx, packed=engine == "packed") if _choose(mtp, engine, "mtp") else None
+
+
+def int8_unsupported_for(mtp) -> str | None:
+    """Why MTP layers ``mtp`` cannot run as the int8 drafter (the lean forward's checks, then the int8 kernels')."""
+    return lean_unsupported(mtp.config, "mtp") or int8_unsupported(next(mtp.parameters()))
 
 
 def check_engine(model, engine: str) -> None:
@@ -104,4 +115,7 @@ def check_engine(model, engine: str) -> None:
     """
     _choose(model.target, engine, "target")
     if getattr(model, "drafter_name", None) == "mtp":
-        _choose(model.drafter, engine, "mtp")
+        if getattr(model, "drafter_arg", "") == "int8":
+            mtp_layer_forward(model.drafter, 0, engine, int8=True)  # raises where it cannot run
+        else:
+            _choose(model.drafter, engine, "mtp")

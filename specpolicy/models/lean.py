@@ -17,6 +17,12 @@ says why not). MKL, which ``F.linear`` calls, has no fast kernel for 2-5 rows: o
 bits (another summation order), so this engine is opt-in: its greedy outputs can leave ``generate()``'s at numerical
 near-ties, the float32 class README "What lossless means" describes for blocks.
 
+``int8=True`` (MTP layers only: a drafter's weights, never the target's) is the packed layout with every projection
+and the head as PyTorch's dynamic int8 linear (fbgemm: weights quantized once per output channel, activations per
+call; ``int8_unsupported`` says where it cannot run). A draft then reads a quarter of the weight bytes; its logits
+differ from float32's by ~1e-2, so its drafts and confidences are those of another drafter (``mtp-int8``), while the
+output, which the target verifies, stays lossless.
+
 Example:
     >>> target = LeanTarget(model.target)            # a LlamaForCausalLM
     >>> h = target.forward(ids[:, :P])               # prefill: [1, P, H]
@@ -25,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from functools import partial
 
@@ -33,7 +40,8 @@ import torch.nn.functional as F
 
 from .mtp import mtp_logits
 
-__all__ = ["LeanKV", "LeanLayer", "LeanMTPLayer", "LeanTarget", "lean_unsupported", "packed_unsupported"]
+__all__ = ["LeanKV", "LeanLayer", "LeanMTPLayer", "LeanTarget", "int8_unsupported", "lean_unsupported",
+           "packed_unsupported"]
 
 
 def lean_unsupported(config, what: str = "target") -> str | None:
@@ -70,20 +78,41 @@ def packed_unsupported(weight: torch.Tensor) -> str | None:
     return None
 
 
-_PACKED: dict[int, tuple] = {}  # id(first weight) -> (key of the weight set, packed); dropped with the weight
+def int8_unsupported(weight: torch.Tensor) -> str | None:
+    """Why the int8 projections (``int8=True``) cannot run on weights like ``weight``, or None if they can."""
+    if weight.device.type != "cpu":
+        return f"device {weight.device.type!r} (the int8 drafter runs PyTorch's fbgemm kernels on CPU)"
+    if weight.dtype != torch.float32:
+        return f"dtype {weight.dtype} (the int8 drafter quantizes float32 weights)"
+    engines = torch.backends.quantized.supported_engines
+    if ("fbgemm" not in engines and "x86" not in engines) or not hasattr(torch.ops.quantized, "linear_dynamic"):
+        return f"this torch build has no fbgemm int8 linear (quantized engines: {', '.join(engines)})"
+    return None
 
 
-def _pack(*ws: torch.Tensor) -> torch.Tensor:
-    """The oneDNN-packed weight of ``ws`` stacked by rows, packed once per weight set (packed again after an in-place
-    change of any of them: tensor versions are part of the key; an inference tensor has none, and is packed once).
-    Kept beside the model, not on it, so the model still pickles and saves as before."""
-    first = id(ws[0])
+def _int8_weight(w: torch.Tensor):
+    """fbgemm's prepacked int8 weight of ``w`` [out, in]: symmetric, one scale per output row (absmax / 127)."""
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-12).double()
+    with warnings.catch_warnings():  # PyTorch marks quantized tensors deprecated; the int8 kernels have no other door
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+
+_PACKED: dict[tuple, tuple] = {}  # (id(first weight), int8) -> (key of the weight set, packed); dropped with the weight
+
+
+def _pack(*ws: torch.Tensor, int8: bool = False):
+    """The oneDNN-packed weight of ``ws`` stacked by rows (``int8``: fbgemm's int8 one), packed once per weight set
+    (packed again after an in-place change of any of them: tensor versions are part of the key; an inference tensor
+    has none, and is packed once). Kept beside the model, not on it, so the model still pickles and saves as before."""
+    first = (id(ws[0]), int8)
     key = tuple((id(w), -1 if w.is_inference() else w._version) for w in ws)
     hit = _PACKED.get(first)
     if hit is None or hit[0] != key:
         with torch.inference_mode():
             w = torch.cat(ws) if len(ws) > 1 else ws[0].detach()
-            hit = (key, torch.ops.mkldnn._reorder_linear_weight(w, 4))
+            hit = (key, _int8_weight(w) if int8 else torch.ops.mkldnn._reorder_linear_weight(w, 4))
         if first not in _PACKED:
             weakref.finalize(ws[0], _PACKED.pop, first, None)
         _PACKED[first] = hit
@@ -94,17 +123,22 @@ def _packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
-class _Head:
-    """The LM head ``lm.get_output_embeddings()``: the module itself, or with ``packed`` its weight packed (a bias-free
-    ``nn.Linear``; any other head runs as the module)."""
+def _int8_linear(x: torch.Tensor, w) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(x, w, True)  # reduce_range, as torch's dynamic Linear on fbgemm/x86
 
-    def __init__(self, module, packed: bool):
+
+class _Head:
+    """The LM head ``lm.get_output_embeddings()``: the module itself, or with ``packed`` its weight packed (``int8``:
+    as int8) (a bias-free ``nn.Linear``; any other head runs as the module)."""
+
+    def __init__(self, module, packed: bool, int8: bool = False):
         self.module = module
         plain = isinstance(module, torch.nn.Linear) and module.bias is None
-        self.w = _pack(module.weight) if packed and plain else None
+        self.w = _pack(module.weight, int8=int8) if (packed or int8) and plain else None
+        self.mm = _int8_linear if int8 else _packed_linear
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return self.module(h) if self.w is None else _packed_linear(h, self.w)
+        return self.module(h) if self.w is None else self.mm(h, self.w)
 
 
 class LeanKV:
@@ -163,29 +197,29 @@ def _mask(m: int, n0: int, device) -> torch.Tensor | None:
 
 class LeanLayer:
     """One LlamaDecoderLayer as tensor code over its weights (pre-norm attention + SwiGLU MLP, residuals);
-    ``packed``: the projections as packed oneDNN matmuls (module docstring)."""
+    ``packed``: the projections as packed oneDNN matmuls; ``int8``: as fbgemm int8 ones (module docstring)."""
 
-    def __init__(self, layer, config, packed: bool = False):
+    def __init__(self, layer, config, packed: bool = False, int8: bool = False):
         a, mlp = layer.self_attn, layer.mlp
         self.w = (layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
                   layer.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
         self.eps = (layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
         self.head_dim, self.scaling = a.head_dim, a.scaling
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.packed = None
-        if packed:
+        self.packed, self.mm = None, _int8_linear if int8 else _packed_linear
+        if packed or int8:
             _, wq, wk, wv, wo, _, wg, wu, wd = self.w
-            self.packed = (_pack(wq, wk, wv), _pack(wo), _pack(wg, wu), _pack(wd))
+            self.packed = tuple(_pack(*ws, int8=int8) for ws in ((wq, wk, wv), (wo,), (wg, wu), (wd,)))
             self.split = (wq.shape[0], wk.shape[0], wv.shape[0]), wg.shape[0]
 
     def _out(self, o: torch.Tensor) -> torch.Tensor:
-        return F.linear(o, self.w[4]) if self.packed is None else _packed_linear(o, self.packed[1])
+        return F.linear(o, self.w[4]) if self.packed is None else self.mm(o, self.packed[1])
 
     def _mlp(self, h: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
             return F.linear(F.silu(F.linear(h, self.w[6])) * F.linear(h, self.w[7]), self.w[8])
-        g, u = _packed_linear(h, self.packed[2]).split(self.split[1], dim=-1)
-        return _packed_linear(F.silu(g) * u, self.packed[3])
+        g, u = self.mm(h, self.packed[2]).split(self.split[1], dim=-1)
+        return self.mm(F.silu(g) * u, self.packed[3])
 
     def __call__(self, x: torch.Tensor, cos, sin, kv: LeanKV, i: int, mask) -> torch.Tensor:
         """x [1, m, H] -> [1, m, H]; writes this block's keys/values at kv entries n..n+m of layer i."""
@@ -200,7 +234,7 @@ class LeanLayer:
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
         else:  # the fused q/k/v output: RoPE on the q and k heads in one pass (the same elementwise operations)
-            qkv = _packed_linear(h, self.packed[0]).view(shape).transpose(1, 2)  # [1, heads + 2 kv_heads, m, D]
+            qkv = self.mm(h, self.packed[0]).view(shape).transpose(1, 2)  # [1, heads + 2 kv_heads, m, D]
             nq, nqk = self.heads, self.heads + self.kv_heads
             qk = qkv[:, :nqk]
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
@@ -253,18 +287,20 @@ class LeanTarget:
 
 class LeanMTPLayer:
     """``MtpModel.forward_layer`` for one MTP layer with a cache of its own (one per draft depth):
-    eh_proj([enorm(emb(t)), hnorm(h)]) -> decoder layer -> post-norm (or the shared post-norm)."""
+    eh_proj([enorm(emb(t)), hnorm(h)]) -> decoder layer -> post-norm (or the shared post-norm); ``packed`` / ``int8``:
+    the projections and the head packed, or in int8 (module docstring)."""
 
-    def __init__(self, mtp, layer_idx: int, packed: bool = False):
+    def __init__(self, mtp, layer_idx: int, packed: bool = False, int8: bool = False):
         layer, cfg = mtp.layers[layer_idx], mtp.config
         self.embed = mtp.embed_tokens.weight
         self.enorm = (layer.enorm.weight, layer.enorm.variance_epsilon)
         self.hnorm = (layer.hnorm.weight, layer.hnorm.variance_epsilon)
         self.eh = layer.eh_proj.weight
-        self.eh_packed = _pack(self.eh) if packed else None
-        self.block = LeanLayer(layer.mtp_block, cfg, packed)
+        self.eh_packed = _pack(self.eh, int8=int8) if packed or int8 else None
+        self.mm = _int8_linear if int8 else _packed_linear
+        self.block = LeanLayer(layer.mtp_block, cfg, packed, int8)
         plain_head = all(getattr(cfg, a, None) is None for a in ("logits_mup_width_multiplier", "unpadded_vocab_size"))
-        self.logits = _Head(mtp.shared_head, True) if packed and plain_head else partial(mtp_logits, mtp)
+        self.logits = _Head(mtp.shared_head, True, int8) if (packed or int8) and plain_head else partial(mtp_logits, mtp)
         post = layer.post_norm if layer.use_post_norm else (mtp.shared_post_norm if mtp.use_shared_post_norm else None)
         self.post = None if post is None else (post.weight, post.variance_epsilon)
         self.rope = _Rope(mtp.rotary_emb, self.embed.dtype)
@@ -276,7 +312,7 @@ class LeanMTPLayer:
         self.kv.reserve(n0 + m)
         e = F.embedding(input_ids, self.embed)
         x = torch.cat([_rms(e, *self.enorm), _rms(h_prev, *self.hnorm)], dim=-1)
-        x = F.linear(x, self.eh) if self.eh_packed is None else _packed_linear(x, self.eh_packed)
+        x = F.linear(x, self.eh) if self.eh_packed is None else self.mm(x, self.eh_packed)
         cos, sin = self.rope(pos)
         x = self.block(x, cos, sin, self.kv, 0, _mask(m, n0, input_ids.device))
         self.kv.n = n0 + m

@@ -202,9 +202,9 @@ class DrafterSpecError(UserError):
 
 
 def parse_drafter_spec(spec: str) -> tuple[str, str]:
-    """``"mtp"`` | ``"medusa"`` | ``"medusa:<dir>"`` | ``"draft"`` | ``"draft:<path or hub id>"`` | ``"ngram"`` ->
-    (kind, argument). ``medusa`` / ``draft`` without an argument mean the heads / draft model shipped with (or
-    saved beside) the target.
+    """``"mtp"`` | ``"mtp:int8"`` | ``"medusa"`` | ``"medusa:<dir>"`` | ``"draft"`` | ``"draft:<path or hub id>"`` |
+    ``"ngram"`` -> (kind, argument). ``medusa`` / ``draft`` without an argument mean the heads / draft model shipped
+    with (or saved beside) the target; ``mtp:int8`` the MTP layers run in int8 (``drafters.mtp``).
 
     Example:
         >>> parse_drafter_spec("draft:runs/draft_model")
@@ -216,10 +216,12 @@ def parse_drafter_spec(spec: str) -> tuple[str, str]:
     if kind not in DRAFTER_KINDS:
         close = difflib.get_close_matches(kind, DRAFTER_KINDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ";"
-        raise DrafterSpecError(f"unknown drafter {spec!r}{hint} allowed: mtp, medusa[:<dir>], draft[:<path or id>], "
-                               "ngram")
-    if arg and kind in ("mtp", "ngram"):
-        raise DrafterSpecError(f"drafter {spec!r}: {kind} takes no argument; allowed: {kind}")
+        raise DrafterSpecError(f"unknown drafter {spec!r}{hint} allowed: mtp[:int8], medusa[:<dir>], "
+                               "draft[:<path or id>], ngram")
+    if arg and kind == "ngram":
+        raise DrafterSpecError(f"drafter {spec!r}: ngram takes no argument; allowed: ngram")
+    if arg and kind == "mtp" and arg != "int8":
+        raise DrafterSpecError(f"drafter {spec!r}: unknown MTP drafter variant {arg!r}; allowed: mtp, mtp:int8")
     return kind, arg
 
 

@@ -18,11 +18,23 @@ import torch
 from torch import nn
 
 
+def drafter_label(kind: str, arg: str = "") -> str:
+    """The name the drafter of ``load_model(drafter=f"{kind}:{arg}")`` carries in traces, calibrators and summaries:
+    its kind, and ``mtp-int8`` for the MTP layers in int8 (``mtp:int8``), whose drafts are another drafter's.
+
+    Example:
+        >>> drafter_label("mtp", "int8"), drafter_label("medusa", "runs/heads")
+        ('mtp-int8', 'medusa')
+    """
+    return "mtp-int8" if kind == "mtp" and arg == "int8" else kind
+
+
 @dataclass
 class MTPModel:
     """What research code holds: ``model.target`` (causal LM), ``model.drafter`` (the drafter's weights: an MtpModel,
     Medusa heads, a draft model, or None for prompt lookup), ``model.tokenizer``; ``drafter_name`` says which kind
-    (``decoding.drafters.drafter_for`` builds the drafter from it) and ``drafter_arg`` where it came from."""
+    (``decoding.drafters.drafter_for`` builds the drafter from it) and ``drafter_arg`` where it came from (or which
+    variant: ``int8``); ``drafter_label`` is the name its drafter carries in traces, calibrators and summaries."""
 
     target: nn.Module
     drafter: nn.Module | None
@@ -31,6 +43,10 @@ class MTPModel:
     card: dict = field(default_factory=dict)
     drafter_name: str = "mtp"
     drafter_arg: str = ""
+
+    @property
+    def drafter_label(self) -> str:
+        return drafter_label(self.drafter_name, self.drafter_arg)
 
     @property
     def num_mtp_layers(self) -> int:

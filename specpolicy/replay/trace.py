@@ -132,7 +132,7 @@ class Trace:
         if want and model.fingerprint() != want:
             raise TraceError(f"the trace was recorded with model {want} but the model given is {model.fingerprint()};"
                              " allowed: the trace's model")
-        mine = getattr(model, "drafter_name", "mtp")
+        mine = getattr(model, "drafter_label", "mtp")
         if mine != self.drafter:
             raise TraceError(f"the trace was recorded with drafter {self.drafter} but the model's drafter is {mine}; "
                              f"allowed: load the model with drafter={self.drafter}")

@@ -144,6 +144,20 @@ def drafter_spec(d) -> str:
     return spec
 
 
+def drafter_label_of(d) -> str:
+    """The name the drafter of a group node / spec (as ``drafter_spec`` reads it) carries in traces and calibrators
+    (``models.mtp.drafter_label``).
+
+    Example:
+        >>> drafter_label_of({"name": "mtp", "path": "int8"}), drafter_label_of("medusa:runs/heads")
+        ('mtp-int8', 'medusa')
+    """
+    from specpolicy.models.loading import parse_drafter_spec
+    from specpolicy.models.mtp import drafter_label
+
+    return drafter_label(*parse_drafter_spec(drafter_spec(d)))
+
+
 def check_model(m) -> None:
     """Model path resolvable (embedded, existing checkpoint directory, or hub id), dtype and device allowed."""
     import torch

@@ -78,7 +78,7 @@ def environment_info(model, threads: int, data: dict | None = None) -> dict:
                     "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
         "git": git_revision(Path(__file__).resolve().parent),
         "model_name": model.name,
-        "drafter": getattr(model, "drafter_name", "mtp"),
+        "drafter": getattr(model, "drafter_label", "mtp"),
         "drafter_arg": getattr(model, "drafter_arg", ""),
         "model_fingerprint": model.fingerprint(),
         "model_card_sha256": model.card.get("weights_sha256"),

@@ -1,6 +1,7 @@
 """Drafters: the ``Drafter`` protocol (``base``) and its implementations, one module each, registered by kind:
 
-    mtp      DeepSeek-V3 style MTP layers (per-depth caches)              ``mtp.MTPDrafter``
+    mtp      DeepSeek-V3 style MTP layers (per-depth caches; ``mtp:int8``   ``mtp.MTPDrafter``
+             the same in int8, named ``mtp-int8``)
     medusa   Medusa-1 heads on the target's last hidden state             ``medusa.MedusaDrafter``
     draft    a separate small causal LM with its own KV cache              ``draft_model.DraftModelDrafter``
     ngram    prompt lookup, model-free                                     ``ngram.NgramDrafter``
@@ -50,7 +51,8 @@ def drafter_for(model, engine: str = "auto") -> Drafter:
     return factory(model, engine)
 
 
-register_drafter("mtp")(lambda model, engine: MTPDrafter(model.drafter, engine))
+register_drafter("mtp")(lambda model, engine: MTPDrafter(model.drafter, engine,
+                                                          int8=getattr(model, "drafter_arg", "") == "int8"))
 register_drafter("ngram")(lambda model, engine: NgramDrafter(model.target.config.get_text_config().vocab_size))
 
 from . import draft_model, medusa  # noqa: E402,F401  (register "draft" and "medusa"; they use register_drafter)
