@@ -50,7 +50,7 @@ class ModelConf:
 
 @dataclass
 class DrafterConf:
-    name: str = "mtp"  # mtp | medusa | draft | ngram
+    name: str = "mtp"  # mtp | medusa | draft | ngram (conf/drafter/mtp_int8.yaml: mtp with path int8)
     path: str = ""  # medusa: heads directory, draft: a draft model (dir or hub id); "": the ones shipped beside the
     # model; mtp: "int8" for the MTP layers in int8 (drafter=mtp_int8)
 

@@ -3,7 +3,7 @@
     python -m experiments.run policy=threshold                        # defaults: tiny model, 20 stdlib prompts
     python -m experiments.run policy=threshold policy.tau_trust=0.95  # lossy: trust confident drafts
     python -m experiments.run policy=fixed policy.k=4 decode=sampling
-    python -m experiments.run policy=threshold drafter=medusa         # drafter=mtp | medusa | draft | ngram
+    python -m experiments.run policy=threshold drafter=medusa         # drafter=mtp | mtp_int8 | medusa | draft | ngram
     python -m experiments.run --multirun policy=fixed,threshold hydra/launcher=joblib
     python -m experiments.run --help                                  # groups, options, every parameter
 
@@ -39,7 +39,7 @@ GROUPS = ("policy", "model", "drafter", "data", "decode", "experiment")
 class RunConfig:
     policy: Any = MISSING  # {name: <registered policy>, <param>: value ...}: one file per policy in conf/policy/
     model: ModelConf = field(default_factory=ModelConf)
-    drafter: DrafterConf = field(default_factory=DrafterConf)  # conf/drafter/: mtp | medusa | draft | ngram
+    drafter: DrafterConf = field(default_factory=DrafterConf)  # conf/drafter/: mtp | mtp_int8 | medusa | draft | ngram
     data: DataConf = field(default_factory=DataConf)
     decode: DecodeConf = field(default_factory=DecodeConf)
     baselines: bool = True  # also decode ar and fixed(k) on the same prompts (speedup and quality reference)

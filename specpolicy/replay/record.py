@@ -140,6 +140,7 @@ def record_trace(model, prompts, max_new_tokens: int = 128, probe_depth: int = 8
     info = {
         "model": model.name, "model_fingerprint": model.fingerprint(), "drafter": drafter.name,
         "native_depths": drafter.native_depths, "num_mtp_layers": model.num_mtp_layers,
+        "drafter_block_invariant": bool(getattr(drafter, "block_invariant", True)),
         "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device), "eos_ids": eos,
         "prompt_names": list(names) if names else [f"prompt{i}" for i in range(len(prompts))],
         "chain_first_token_mismatch": mismatch, "record_s": round(time.perf_counter() - t0, 2),

@@ -21,16 +21,16 @@ recorded greedy path one position at a time, the decoder's from the same drafter
 maths on caches filled in other block shapes, so in float32 the two differ in the last bits (up to ~1e-6 measured on
 the shipped model, ``tests/replay/test_float32_exactness.py``; 0 in float64). A decision can therefore differ only
 where a policy compares a confidence with a threshold within that distance of it; the test shows none does on its
-prompts for any built-in policy. Flagged ``approximate`` with a note, never exact: a trace recorded in half
-precision (bf16/fp16 round the block and one-token forwards differently, so the recorded chain can disagree with the
-decoder at near-ties), and a trace whose recorder saw its chain forward disagree with the one-token decode
+prompts for any built-in policy. Flagged ``approximate`` with a note, never exact: a trace recorded in half precision
+(bf16/fp16 round the block and one-token forwards differently, so the recorded chain can disagree with the decoder at
+near-ties), a trace of a drafter whose drafts depend on the block they are made in (``mtp-int8``:
+``Trace.block_invariant``), and a trace whose recorder saw its chain forward disagree with the one-token decode
 (``chain_first_token_mismatch`` > 0: the chain's verdicts differ from the decoder's at those positions; the summary's
 ``chain_mismatch``). Approximate, and flagged ``approximate: True`` with a note, once a trusted or relaxed token the
-target rejects is committed (an error): the rest of that step is still exact (the trace holds the target's tokens
-and p along every drafted chain), but the replay then continues along the recorded target-greedy sequence, whereas
-the real run continues after the wrong token and diverges from there. Relaxed rules read p from the recording's
-chain forward, which may differ from the decoder's block forward in the last bits (decisions exactly at a rule's
-boundary).
+target rejects is committed (an error): the rest of that step is still exact (the trace holds the target's tokens and
+p along every drafted chain), but the replay then continues along the recorded target-greedy sequence, whereas the
+real run continues after the wrong token and diverges from there. Relaxed rules read p from the recording's chain
+forward, which may differ from the decoder's block forward in the last bits (decisions exactly at a rule's boundary).
 
 Time is modelled with the trace's cost model: a step with m drafts costs ``CostModel.step_s`` (``c(m+1) * t_target(1)
 + m * t_mtp``, the loop's overhead, the rows its drafts catch up: ``CatchUp``, as the real run's are), and
@@ -72,6 +72,7 @@ NOTE_HALF = ("the trace was recorded in half precision: block and one-token forw
              "the recorded chain may disagree with the decoder's at numerical near-ties; replay is not exact")
 NOTE_MISMATCH = ("the recorder's chain forward disagreed with the one-token decode at {n} positions "
                  "(chain_first_token_mismatch): verdicts there may differ from the decoder's; replay is not exact")
+NOTE_BLOCK = "the drafter quantizes per call (mtp-int8): the trace's one-row drafts may differ from the decoder's blocks"
 NOTE_CAPPED = ("some steps drafted the trace's full probe depth K with token budget to spare; replayed (exactly) as "
                "max_draft = K: a deeper trace would let the policy draft further")
 
@@ -337,12 +338,11 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
                    dtype=trace.dtype)
     mismatch = int(trace.meta.get("chain_first_token_mismatch") or 0)
     summary.update(chain_mismatch=mismatch, confidence_tolerance=CONFIDENCE_TOLERANCE.get(trace.dtype))
-    if trace.dtype in HALF:
-        summary["approximate"] = True
-        summary["notes"].append(NOTE_HALF)
-    if mismatch:
-        summary["approximate"] = True
-        summary["notes"].append(NOTE_MISMATCH.format(n=mismatch))
+    for flagged, note in ((trace.dtype in HALF, NOTE_HALF), (mismatch, NOTE_MISMATCH.format(n=mismatch)),
+                          (not trace.block_invariant, NOTE_BLOCK)):
+        if flagged:
+            summary["approximate"] = True
+            summary["notes"].append(note)
     return ReplayResult(prompts, summary)
 
 

@@ -112,6 +112,13 @@ class Trace:
         return str(self.meta.get("drafter", "mtp"))
 
     @property
+    def block_invariant(self) -> bool:
+        """Whether the recording drafter's draft at a position is the same whichever rows share its call (False for
+        ``mtp-int8``, whose activations are quantized per call: the trace's one-row drafts and q can then differ
+        from the decoder's catch-up blocks; True for traces that predate the field)."""
+        return self.meta.get("drafter_block_invariant", True) is not False
+
+    @property
     def native_depths(self) -> int:
         """The recording drafter's native depths (``StepState.native_depths``; ``num_mtp_layers`` in older traces)."""
         return int(self.meta.get("native_depths", self.meta.get("num_mtp_layers", 1)))

@@ -73,3 +73,19 @@ def test_declines_in_one_line():
         check_engine(m, "auto")
     with pytest.raises(DecodeError, match="int8 MTP drafter cannot run here"):
         generate(m, [1, 2, 3], "fixed", k=2, max_new_tokens=4)
+
+
+def test_its_trace_says_replay_is_approximate(tiny8):
+    from specpolicy.replay import replay
+    from specpolicy.replay.record import record_trace
+    from specpolicy.replay.simulate import NOTE_BLOCK
+
+    prompt = tiny8.tokenizer(PROMPT)["input_ids"]
+    trace = record_trace(tiny8, [prompt], max_new_tokens=12, probe_depth=3, cost_reps=1, progress=False,
+                         engine="packed")
+    assert (trace.drafter, trace.block_invariant) == ("mtp-int8", False)
+    summary = replay("fixed", trace, k=3).summary
+    assert summary["approximate"] and NOTE_BLOCK in summary["notes"]
+    plain = record_trace(load_model("tiny"), [prompt], max_new_tokens=12, probe_depth=3, cost_reps=1,
+                         progress=False, engine="packed")
+    assert plain.block_invariant and not replay("fixed", plain, k=3).summary["approximate"]

@@ -106,6 +106,7 @@ class MTPDrafter:
     def __init__(self, mtp, engine: str = "auto", int8: bool = False) -> None:
         self.mtp, self.engine, self.int8 = mtp, engine, int8
         self.name = drafter_label("mtp", "int8" if int8 else "")
+        self.block_invariant = not int8  # int8: activations quantized per call, so a row's draft depends on the block
         self.native_depths = len(mtp.layers)
         self.caches: list = []  # depth j -> caches[j-1]: a lean layer with its cache, or a DynamicCache
         self.hist: list[_Rows | None] = [None]  # hist[j]: the L_j outputs of depth j; hist[0] = h^0
