@@ -94,9 +94,7 @@ def mtp_layer_forward(mtp, layer_idx: int, engine: str = "auto", int8: bool = Fa
     its own, or None where the transformers path (``mtp.forward_layer`` with a ``DynamicCache``) must be used.
     ``int8``: the lean layer with int8 projections whatever the engine (``DecodeError`` where it cannot run)."""
     if int8:
-        why = int8_unsupported_for(mtp)
-        if why is not None:
-            raise DecodeError(f"the int8 MTP drafter cannot run here ({why}); allowed: drafter=mtp")
+        _require_int8(mtp)
         return LeanMTPLayer(mtp, layer_idx, int8=True)
     return LeanMTPLayer(mtp, layer_idx, packed=engine == "packed") if _choose(mtp, engine, "mtp") else None
 
@@ -104,6 +102,12 @@ def mtp_layer_forward(mtp, layer_idx: int, engine: str = "auto", int8: bool = Fa
 def int8_unsupported_for(mtp) -> str | None:
     """Why MTP layers ``mtp`` cannot run as the int8 drafter (the lean forward's checks, then the int8 kernels')."""
     return lean_unsupported(mtp.config, "mtp") or int8_unsupported(next(mtp.parameters()))
+
+
+def _require_int8(mtp) -> None:
+    why = int8_unsupported_for(mtp)
+    if why is not None:
+        raise DecodeError(f"the int8 MTP drafter cannot run here ({why}); allowed: drafter=mtp")
 
 
 def check_engine(model, engine: str) -> None:
@@ -116,6 +120,6 @@ def check_engine(model, engine: str) -> None:
     _choose(model.target, engine, "target")
     if getattr(model, "drafter_name", None) == "mtp":
         if getattr(model, "drafter_arg", "") == "int8":
-            mtp_layer_forward(model.drafter, 0, engine, int8=True)  # raises where it cannot run
+            _require_int8(model.drafter)
         else:
             _choose(model.drafter, engine, "mtp")
