@@ -9,13 +9,17 @@ and replayed (``specpolicy.replay.compare``). Lossless policies must agree exact
 accepted-length histogram, acceptance by depth); lossy ones are shown side by side (TPF, lossy error rate), since
 their replay is an approximation (see ``specpolicy.replay.simulate``).
 
-Time: the cost model is measured again in this process just before decoding (``cost=measure``, the default), from
-the decoder's own steps (``loop_reps`` rounds of ar and fixed k = 1..K: verify time per block size, draft time per
-draft, time outside both; ``specpolicy.decoding.cost``), or from isolated forward timings (``loop_reps=0``), or
-taken from the trace (``cost=trace``). Beside each policy's measured decode-phase speedup over ``ar`` (prefill excluded, as in the
-model) stand the modelled speedup (with overhead: what replay and tuning predict) and the ceiling (model compute
-only: TPF x t_step(0) / mean t_step(m)), and their ratios. Writes ``replay_report.md``, ``replay_report.csv`` and
-``cost.json`` to the run directory. Bad input: one line on stderr, exit code 2.
+Time: the cost model is read off calibration runs decoded interleaved with the policies on the same prompts
+(``cost=interleaved``, the default): ``ar`` and ``sweeps`` schedules that draft 1..K tokens in a random order per
+step (``decoding.cost.sweep_policies``, ``fit_cost``: verify time per block size, draft time per draft and per
+caught-up row, time outside both), so drift of the machine's speed during the report hits the cost model and the
+policies alike. ``cost=measure``: measured in this process just before decoding (``loop_reps`` rounds of ar and the
+sweeps after the first prompt and its continuation; ``loop_reps=0``: isolated forward timings); ``cost=trace``: the
+trace's own. A cost-aware policy (``goodput``) decides with the trace's cost model (``cost=measure``: the measured
+one), in the real run and in its replay alike. Beside each policy's measured decode-phase speedup over ``ar``
+(prefill excluded, as in the model) stand the modelled speedup (with overhead: what replay and tuning predict) and
+the ceiling (model compute only: TPF x t_step(0) / mean t_step(m)), and their ratios. Writes ``replay_report.md``,
+``replay_report.csv`` and ``cost.json`` to the run directory. Bad input: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -61,8 +65,9 @@ class ReportConfig:
     n_prompts: int = 0  # 0: every prompt of the trace
     policies: list = field(default_factory=default_specs)
     threads: int = 1  # one or two is faster by machine and load (README "Speed")
-    cost: str = "measure"  # measure: in this process before decoding | trace: the trace's own cost model
-    cost_reps: int = 20  # measure: repetitions of each model-part timing
+    cost: str = "interleaved"  # interleaved: calibration runs among the policies | measure: before decoding | trace
+    sweeps: int = 4  # interleaved: calibration schedules decoded per prompt beside ar
+    cost_reps: int = 20  # measure, interleaved: repetitions of each isolated model-part timing
     loop_reps: int = 2  # measure: rounds of decoder runs the cost model is read from; 0: isolated timings only
 
 
@@ -75,11 +80,11 @@ def validate(cfg) -> dict:
         raise UserError("trace is missing; allowed: trace=<file from python -m experiments.record>")
     if cfg.n_prompts < 0:
         raise UserError(f"n_prompts={cfg.n_prompts} is invalid; allowed: 0 (all) or >= 1")
-    if cfg.cost not in ("measure", "trace"):
-        raise UserError(f"cost={cfg.cost} is unknown; allowed: measure, trace")
-    if cfg.cost_reps < 1 or cfg.loop_reps < 0:
-        raise UserError(f"cost_reps={cfg.cost_reps}, loop_reps={cfg.loop_reps} are invalid; allowed: cost_reps >= 1, "
-                        "loop_reps >= 0")
+    if cfg.cost not in ("interleaved", "measure", "trace"):
+        raise UserError(f"cost={cfg.cost} is unknown; allowed: interleaved, measure, trace")
+    if cfg.cost_reps < 1 or cfg.loop_reps < 0 or cfg.sweeps < 1:
+        raise UserError(f"cost_reps={cfg.cost_reps}, loop_reps={cfg.loop_reps}, sweeps={cfg.sweeps} are invalid; "
+                        "allowed: cost_reps >= 1, loop_reps >= 0, sweeps >= 1")
     return dict(parse_policy_spec(s) for s in cfg.policies)
 
 
@@ -87,7 +92,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> list[dict]:
     import pandas as pd
     import torch
 
-    from specpolicy.decoding.cost import measure_cost, speedups
+    from specpolicy.decoding.cost import fit_cost, measure_cost, prices_rows, speedups, sweep_policies
+    from specpolicy.policies import with_step_cost
     from specpolicy.replay import compare_row, decode_real, load_trace, markdown
     from specpolicy.runs import checks
 
@@ -99,13 +105,20 @@ def execute(cfg: DictConfig, run_dir: Path) -> list[dict]:
     model = checks.load(cfg.model, cfg.drafter)
     trace.check_model(model)
     t0 = time.perf_counter()
+    ctx, engine = list(trace.prompt_ids[0]) + [int(t) for t in trace.tokens[0]], trace.meta.get("engine", "auto")
     if cfg.cost == "measure":
-        ctx = list(trace.prompt_ids[0]) + [int(t) for t in trace.tokens[0]]
         trace = dataclasses.replace(trace, cost=measure_cost(model, ctx, trace.k_max, cfg.cost_reps,
                                                              loop_reps=cfg.loop_reps, loop_tokens=trace.max_new_tokens,
-                                                             engine=trace.meta.get("engine", "auto")))
+                                                             engine=engine))
+    # the numbers a cost-aware policy decides with, in the real run and in its replay
+    policies = {label: with_step_cost(p, trace.cost) for label, p in policies.items()}
+    sweeps = sweep_policies(trace.k_max, cfg.sweeps) if cfg.cost == "interleaved" else {}
+    compute = measure_cost(model, ctx, trace.k_max, cfg.cost_reps, engine=engine) if sweeps else None
+    results, ar = decode_real(model, trace, {**policies, **sweeps})
+    if sweeps:  # the cost model of the calibration runs decoded among the policies
+        runs = [r for label in sweeps for r in results.pop(label)]
+        trace = dataclasses.replace(trace, cost=fit_cost(ar, runs, trace.k_max, compute, prices_rows(model)))
     (run_dir / "cost.json").write_text(json.dumps({"source": cfg.cost, **trace.cost.to_dict()}, indent=2))
-    results, ar = decode_real(model, trace, policies)
     rows = []
     for label, p in policies.items():
         row = compare_row(label, p, trace, results[label], ar)
@@ -125,10 +138,10 @@ def _time_table(rows: list[dict], cost, source: str) -> str:
     t1 = cost.t_target[0]
     lines = [f"Cost model ({source}): t_target(1) = {t1 * 1e3:.2f} ms, c(m) = "
              + ", ".join(f"{cost.c(m):.2f}" for m in range(1, len(cost.t_target) + 1))
-             + f"; drafter step {cost.t_mtp / t1:.2f}, loop overhead {cost.t_overhead / t1:.2f} per step + "
-             f"{cost.t_overhead_draft / t1:.2f} per draft (x t_target(1)); each catch-up row of a draft beyond its "
-             f"first {cost.t_row * 1e6:.1f} us, of a depth's first draft over the context "
-             f"{(cost.t_ctx or cost.t_row) * 1e6:.1f} us.", "",
+             + f"; drafter step {cost.t_mtp / t1:.2f} (+ {cost.t_first / t1:.2f} per draft phase), loop overhead "
+             f"{cost.t_overhead / t1:.2f} per step + {cost.t_overhead_draft / t1:.2f} per draft (x t_target(1)); each "
+             f"catch-up row of a draft beyond its first {cost.t_row * 1e6:.1f} us, of a depth's first draft over the "
+             f"context {(cost.t_ctx or cost.t_row) * 1e6:.1f} us.", "",
              "| policy | lossless | measured speedup | modelled | measured / modelled | ceiling | measured / ceiling |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

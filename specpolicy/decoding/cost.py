@@ -12,21 +12,26 @@ Example:
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass
 
-__all__ = ["CostModel", "measure_cost", "speedups"]
+from ..policies import Action, Policy, StepState
+
+__all__ = ["CostModel", "fit_cost", "measure_cost", "prices_rows", "speedups", "sweep_policies"]
 
 
 @dataclass(frozen=True)
 class CostModel:
     """Device cost of one step with m drafts, in seconds:
 
-        step_s(m) = t_target(m + 1) + m * t_mtp + t_overhead + m * t_overhead_draft
+        step_s(m) = t_target(m + 1) + m * t_mtp + [m > 0] * t_first + t_overhead + m * t_overhead_draft
         step_s(m, rows, fresh) = step_s(m) + (rows - m - fresh) * t_row + fresh * t_ctx
 
     ``t_target[m-1]``: a target forward + head over m tokens (m = 1..K+1); ``t_mtp``: one drafter step over one row;
+    ``t_first``: what a step's draft phase costs beyond its drafts' ``t_mtp`` once it drafts at all (the first
+    draft after a target forward; 0 for cost models that predate it);
     ``t_row``: each further row a draft catches up (the MTP drafter's pending indices, ``drafters.mtp.CatchUp``: after
     accepted tokens, at a depth the last step did not reach; 0 for other drafters and for cost models that predate
     it: then every draft costs ``t_mtp``); ``t_ctx``: each further row of a depth's first draft in a generation,
@@ -49,6 +54,7 @@ class CostModel:
     t_overhead_draft: float = 0.0
     t_row: float = 0.0
     t_ctx: float = 0.0
+    t_first: float = 0.0
 
     def c(self, m: int) -> float:
         return self.forward_s(m) / self.t_target[0]
@@ -64,8 +70,12 @@ class CostModel:
     def compute_s(self, drafted: int, rows: int | None = None, fresh: int = 0) -> float:
         """Model compute of a step with ``drafted`` drafts over ``rows`` drafter rows in all (None: one each), of
         which ``fresh`` are further rows of first drafts at a depth (``CatchUp.fresh``): t_target(m+1) + m * t_mtp +
-        (rows - m - fresh) * t_row + fresh * t_ctx (no loop overhead)."""
-        return self.forward_s(drafted + 1) + drafted * self.t_mtp + self.catch_up_s(drafted, rows, fresh)
+        [m > 0] * t_first + (rows - m - fresh) * t_row + fresh * t_ctx (no loop overhead)."""
+        return self.forward_s(drafted + 1) + self.drafting_s(drafted) + self.catch_up_s(drafted, rows, fresh)
+
+    def drafting_s(self, drafted: int) -> float:
+        """Seconds of a draft phase of ``drafted`` drafts of one row each: m * t_mtp + [m > 0] * t_first."""
+        return drafted * self.t_mtp + (self.t_first if drafted else 0.0)
 
     def catch_up_s(self, drafted: int, rows: int | None, fresh: int = 0) -> float:
         """Seconds of the rows beyond one per draft: (rows - drafted - fresh) * t_row + fresh * t_ctx (0 for None)."""
@@ -93,13 +103,15 @@ class CostModel:
     def to_dict(self) -> dict:
         return {"t_target": list(self.t_target), "t_mtp": self.t_mtp, "t_overhead": self.t_overhead,
                 "t_overhead_draft": self.t_overhead_draft, "t_row": self.t_row, "t_ctx": self.t_ctx,
+                "t_first": self.t_first,
                 "c": [self.c(m) for m in range(1, len(self.t_target) + 1)], "mtp_rel": self.t_mtp / self.t_target[0]}
 
     @classmethod
     def from_dict(cls, d: dict) -> CostModel:
         """Inverse of ``to_dict`` (cost models stored before the overhead terms existed load with them at 0)."""
         return cls(tuple(float(t) for t in d["t_target"]), float(d["t_mtp"]), float(d.get("t_overhead", 0.0)),
-                   float(d.get("t_overhead_draft", 0.0)), float(d.get("t_row", 0.0)), float(d.get("t_ctx", 0.0)))
+                   float(d.get("t_overhead_draft", 0.0)), float(d.get("t_row", 0.0)), float(d.get("t_ctx", 0.0)),
+                   float(d.get("t_first", 0.0)))
 
 
 def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_reps: int = 0, loop_tokens: int = 48,
@@ -112,13 +124,14 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
     t_mtp:         one drafting step at depth 1 of ``drafter`` (default: the model's own, ``drafter_for``) on one
                    new position, its state caught up over ``ctx`` first, as the decoder drafts;
     with ``loop_reps`` > 0 the same quantities are instead read off the decoder's own steps (``_from_decoder``:
-                   ``generate`` decodes ``loop_tokens`` tokens after ``ctx`` with ``ar`` and ``fixed k`` for
-                   k = 1..K, ``loop_reps`` rounds interleaved): t_target = the isolated curve scaled by the median
-                   ratio of the steps' verify times to it (``_from_decoder``), t_mtp = median draft-phase time per draft (MTP drafter: t_mtp, t_row and t_ctx, the cost
-                   of each row a draft catches up beyond its first, fitted to the draft phases), t_overhead = median time per
-                   step outside both phases. Isolated timings run with cold caches between calls of different
-                   sizes and a drafter caught up by exactly one position; the decoder's own steps are what a run
-                   pays.
+                   ``generate`` decodes ``loop_tokens`` tokens after ``ctx`` with ``ar`` and K ``sweep_policies``
+                   schedules, ``loop_reps`` rounds; ``fit_cost``): t_target[m] = median verify time of the steps
+                   with m drafts, t_mtp = median draft-phase time per draft (MTP drafter: t_mtp, t_row and t_ctx,
+                   the cost of each row a draft catches up beyond its first, fitted to the draft phases),
+                   t_overhead = median time per step outside both phases. Isolated timings run with cold caches
+                   between calls of different sizes and a drafter caught up by exactly one position; their c(m)
+                   rose more steeply than the decoder's (session 11, float32 drafter: c(9) 1.66 isolated vs
+                   1.18-1.27 in the loop); the decoder's own steps are what a run pays.
     """
     import torch
 
@@ -163,74 +176,128 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
     return _from_decoder(model, list(ctx), k, compute, loop_reps, loop_tokens, engine, drafter)
 
 
-def _from_decoder(model, ctx: list[int], k: int, compute: CostModel, reps: int, tokens: int, engine: str,
-                  drafter) -> CostModel:
-    """The cost model read off the decoder's own steps: ``reps`` interleaved rounds of ``generate`` with ar and fixed
-    k = 1..K after ``ctx``. t_target = the isolated forwards' curve (``compute``: every m timed within each
-    repetition, so its shape c(m) is stable) scaled to the loop's level: times the median, over every step, of its
-    verify time (forward + walk + commit) over the isolated forward of its size. Per-m medians of the verify times
-    themselves came from each policy's own stretch of time and, on a shared CPU, scattered c(m) by up to 0.35 between
-    measurements in one process (0.03-0.08 for the isolated curve); t_mtp = median draft-phase time per draft, or for the MTP drafter
-    t_mtp and t_row fitted to the draft phases and the rows they caught up (``CatchUp``, ``_fit_drafts``);
-    t_overhead = median time per step outside both phases (observe, records, the loop)."""
-    from ..policies import get_policy
-    from .decoder import generate
+class _Sweep(Policy):
+    """A calibration schedule, not a research policy: step i drafts k_i tokens (fewer where the budget is smaller),
+    the k_i running through seeded random permutations of 1..k, so every block size, and a spread of catch-up rows
+    per draft, occur within each run (``sweep_policies``)."""
+
+    name = "cost-sweep"
+    reads_stats = False
+
+    def __init__(self, k: int, seed: int) -> None:
+        rng = random.Random(seed)
+        self.k, self.seed = k, seed
+        self._ks = tuple(j for _ in range(64) for j in rng.sample(range(1, k + 1), k))
+
+    def decide(self, state: StepState) -> Action:
+        m, k = len(state.drafts), self._ks[state.step % len(self._ks)]
+        return Action.extend() if m < k and m < state.budget else Action.verify()
+
+
+def sweep_policies(k: int, n: int, seed: int = 0) -> dict:
+    """``n`` calibration schedules over block sizes 1..k (``{"cost-sweep#j": policy}``, seeds seed..seed+n-1): decode
+    them beside ``ar`` and read the cost model off their steps with ``fit_cost``.
+
+    Example:
+        >>> sorted(sweep_policies(4, 2))
+        ['cost-sweep#0', 'cost-sweep#1']
+    """
+    return {f"cost-sweep#{j}": _Sweep(k, seed + j) for j in range(n)}
+
+
+def fit_cost(ar: list, sweeps: list, k: int, compute: CostModel, rows: bool = True) -> CostModel:
+    """The cost model read off the decoder's own steps: ``ar`` and ``sweeps`` are ``GenerationResult``s of ``ar`` and
+    of ``sweep_policies`` schedules (the same prompts, decoded interleaved). t_target[m] = the median verify time
+    (forward + walk + commit) of the steps with m drafts; every m occurs within every sweep run, so drift of the
+    machine's speed hits every m alike (per-m medians from one fixed-k run per m each drifted with its own stretch
+    of time). A size with fewer than 5 steps falls back to the isolated forwards' curve (``compute``) scaled by the
+    median ratio of all verify times to it. t_mtp = median draft-phase time per draft, or with ``rows`` (the MTP
+    drafter) t_mtp, t_row and t_ctx fitted to the sweeps' draft phases and the rows they caught up (``CatchUp``,
+    ``_fit_drafts``; varied schedules make the rows vary within a run); t_overhead = the median, over runs, of the
+    time per step outside both phases (observe, records, the loop)."""
     from .drafters.mtp import CatchUp
 
-    policies = [get_policy("ar")] + [get_policy("fixed", k=j) for j in range(1, k + 1)]
     verify: dict[int, list[float]] = {m: [] for m in range(k + 1)}
     per_draft, outside, drafts = [], [], []  # drafts: (m, steady catch-up rows, fresh rows, draft phase seconds)
+    for res in [*ar, *sweeps]:
+        if not res.steps:
+            continue
+        cu = CatchUp(len(res.prompt_ids))
+        for st in res.steps:
+            m = len(st.drafts)
+            verify.setdefault(m, []).append(st.verify_s)
+            r = cu.step(m, len(st.committed))
+            if m:
+                per_draft.append(st.draft_s / m)
+                drafts.append((m, r - m - cu.fresh, cu.fresh, st.draft_s))
+        inside = sum(st.draft_s + st.verify_s for st in res.steps)
+        outside.append((res.stats.wall_s - res.stats.prefill_s - inside) / len(res.steps))
+    ratios = [t / compute.forward_s(m + 1) for m in range(k + 1) for t in verify[m]]
+    level = statistics.median(ratios) if ratios else 1.0
+    t_target = tuple(statistics.median(verify[m]) if len(verify[m]) >= 5 else level * compute.forward_s(m + 1)
+                     for m in range(k + 1))
+    t_mtp, t_row, t_ctx, t_first = _fit_drafts(drafts, statistics.median(per_draft) if per_draft else compute.t_mtp,
+                                               rows)
+    return CostModel(t_target, t_mtp, statistics.median(outside) if outside else 0.0, t_row=t_row, t_ctx=t_ctx,
+                     t_first=t_first)
+
+
+def prices_rows(model, drafter=None) -> bool:
+    """Whether the cost model prices the rows a draft catches up (``t_row``, ``t_ctx``): the MTP drafters."""
+    return (drafter.name if drafter is not None else getattr(model, "drafter_label", None)) in ("mtp", "mtp-int8")
+
+
+def _from_decoder(model, ctx: list[int], k: int, compute: CostModel, reps: int, tokens: int, engine: str,
+                  drafter) -> CostModel:
+    """The cost model read off the decoder's own steps after ``ctx``: ``reps`` rounds of ``generate`` with ar and
+    k ``sweep_policies`` schedules (round 0 warms up), fitted by ``fit_cost``."""
+    from ..policies import get_policy
+    from .decoder import generate
+
+    ar, sweeps = [], []
     for rep in range(reps + 1):
-        for pol in policies:
+        for label, pol in {"ar": get_policy("ar"), **sweep_policies(k, k, seed=rep * k)}.items():
             res = generate(model, ctx, pol, max_new_tokens=tokens, max_draft=k, drafter=drafter, engine=engine)
-            if rep == 0 or not res.steps:  # round 0 warms up
-                continue
-            cu = CatchUp(len(res.prompt_ids))
-            for st in res.steps:
-                m = len(st.drafts)
-                verify[m].append(st.verify_s)
-                r = cu.step(m, len(st.committed))
-                if m:
-                    per_draft.append(st.draft_s / m)
-                    drafts.append((m, r - m - cu.fresh, cu.fresh, st.draft_s))
-            inside = sum(st.draft_s + st.verify_s for st in res.steps)
-            outside.append((res.stats.wall_s - res.stats.prefill_s - inside) / len(res.steps))
-    ratios = [t / compute.t_target[m] for m in range(k + 1) for t in verify[m]]
-    level = statistics.median(ratios) if ratios else 1.0  # the loop's verify phases over the isolated forwards
-    t_target = tuple(level * t for t in compute.t_target)
-    t_mtp, t_row, t_ctx = statistics.median(per_draft) if per_draft else compute.t_mtp, 0.0, 0.0
-    mtp = (drafter.name if drafter is not None else getattr(model, "drafter_label", None)) in ("mtp", "mtp-int8")
-    if mtp:
-        t_mtp, t_row, t_ctx = _fit_drafts(drafts, t_mtp)
-    return CostModel(t_target, t_mtp, statistics.median(outside) if outside else 0.0, t_row=t_row, t_ctx=t_ctx)
+            if rep:
+                (ar if label == "ar" else sweeps).append(res)
+    return fit_cost(ar, sweeps, k, compute, prices_rows(model, drafter))
 
 
-def _fit_drafts(drafts: list[tuple[int, int, int, float]], fallback: float) -> tuple[float, float, float]:
-    """(t_mtp, t_row, t_ctx) from draft phases ``(m drafts, steady catch-up rows beyond one per draft, fresh rows,
-    seconds)``. t_mtp and t_row: least squares of seconds ~ m * t_mtp + rows * t_row over the phases without fresh
+def _fit_drafts(drafts: list[tuple[int, int, int, float]], fallback: float,
+                rows: bool = True) -> tuple[float, float, float, float]:
+    """(t_mtp, t_row, t_ctx, t_first) from draft phases ``(m drafts, steady catch-up rows beyond one per draft, fresh
+    rows, seconds)``. Least squares of seconds ~ t_first + m * t_mtp + rows * t_row over the phases without fresh
     rows, refitted once without the phases more than 4 median absolute deviations off the first fit (timing spikes
-    on a shared CPU; t_row 0, and t_mtp fitted alone, where further rows cost nothing measurable); t_ctx: the median
-    over the phases with fresh rows of what is left of their seconds per fresh row (0 without such phases: fresh rows
-    are then priced at t_row). (``fallback``, 0, 0) where t_mtp is not positive."""
+    on a shared CPU); a term whose fit is not positive is left out and the rest refitted (t_first, then t_row; both
+    0 where they cost nothing measurable); ``rows=False`` (drafters without catch-up rows): t_row and t_ctx 0. t_ctx:
+    the median over the phases with fresh rows of what is left of their seconds per fresh row (0 without such
+    phases: fresh rows are then priced at t_row). (``fallback``, 0, 0, 0) where t_mtp is not positive."""
     import numpy as np
 
     steady = [d for d in drafts if not d[2]]
-    if len(steady) < 3:
-        return fallback, 0.0, 0.0
-    x = np.array([d[:2] for d in steady], float)
+    if len(steady) < 4:
+        return fallback, 0.0, 0.0, 0.0
+    x = np.array([(1.0, m, r) for m, r, _, _ in steady], float)  # columns: t_first, t_mtp, t_row
     y = np.array([d[3] for d in steady], float)
-    res = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+    cols = [0, 1, 2] if rows else [0, 1]
+    res = y - x[:, cols] @ np.linalg.lstsq(x[:, cols], y, rcond=None)[0]
     mid = np.median(res)
     mad = float(np.median(np.abs(res - mid))) or float("inf")
     keep = np.abs(res - mid) <= 4 * mad
-    t_mtp, t_row = (float(c) for c in np.linalg.lstsq(x[keep], y[keep], rcond=None)[0])
-    if t_row <= 0:  # further rows cost nothing measurable: the drafts alone
-        t_mtp, t_row = float(np.linalg.lstsq(x[keep, :1], y[keep], rcond=None)[0][0]), 0.0
+    while True:
+        coef = dict(zip(cols, np.linalg.lstsq(x[keep][:, cols], y[keep], rcond=None)[0]))
+        drop = next((c for c in (0, 2) if c in coef and coef[c] <= 0), None)
+        if drop is None:
+            break
+        cols.remove(drop)
+    t_first, t_mtp, t_row = (float(coef.get(c, 0.0)) for c in (0, 1, 2))
     if t_mtp <= 0:
-        return fallback, 0.0, 0.0
-    left = [(t - m * t_mtp - r * t_row) / f for m, r, f, t in drafts if f]
+        return fallback, 0.0, 0.0, 0.0
+    if not rows:
+        return t_mtp, 0.0, 0.0, t_first
+    left = [(t - t_first - m * t_mtp - r * t_row) / f for m, r, f, t in drafts if f]
     t_ctx = float(np.median(left)) if left else 0.0
-    return t_mtp, t_row, t_ctx if t_ctx > 0 else 0.0
+    return t_mtp, t_row, t_ctx if t_ctx > 0 else 0.0, t_first
 
 
 def speedups(results, ar, cost: CostModel) -> dict:

@@ -154,6 +154,7 @@ def markdown(rows: list[dict], trace: Trace) -> str:
             f"| {r['policy']} | {r['lossless']} | {r['prompts_equal']}/{r['prompts']} | {r['replay_tpf']:.3f} | "
             f"{r['real_tpf']:.3f} | {r['replay_error']:.4f} | {r['real_error']:.4f} | {r['replay_speedup']:.3f} | "
             f"{r['real_speedup_modelled']:.3f} | {r['real_speedup_wall']:.2f} | {r['approximate']} |")
-    lines += ["", "*modelled with the trace's cost model c(m) (prefill excluded); wall speedup: tokens/s vs ar "
-              "decoded interleaved with the policies in the same process (noisy on a shared CPU)."]
+    lines += ["", "*modelled with the trace's cost model (replay_report: the one below; prefill excluded); wall "
+              "speedup: tokens/s vs ar decoded interleaved with the policies in the same process (noisy on a shared "
+              "CPU)."]
     return "\n".join(lines) + "\n"

@@ -33,7 +33,7 @@ real run continues after the wrong token and diverges from there. Relaxed rules 
 forward, which may differ from the decoder's block forward in the last bits (decisions exactly at a rule's boundary).
 
 Time is modelled with the trace's cost model: a step with m drafts costs ``CostModel.step_s`` (``c(m+1) * t_target(1)
-+ m * t_mtp``, the loop's overhead, the rows its drafts catch up: ``CatchUp``, as the real run's are), and
++ m * t_mtp + t_first``, the loop's overhead, the rows its drafts catch up: ``CatchUp``, as the real run's are), and
 ``modelled_speedup = sum over prompts of (new_tokens - 1) * t_target(1)  /  sum of the policy's step costs``
 (prefill excluded on both sides). ``StepOutcome.draft_s`` / ``verify_s`` carry these modelled times.
 
@@ -325,8 +325,8 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     if not isinstance(max_draft, int) or not 0 <= max_draft <= K:
         raise ReplayError(f"max_draft={max_draft!r} is invalid; allowed: 0 <= max_draft <= {K} (the trace's probe "
                           "depth; record a deeper trace for more)")
-    step, t_mtp, t0 = [trace.cost.step_s(m) for m in range(K + 1)], trace.cost.t_mtp, trace.rows["tokens"]
-    costs = (step, [m * t_mtp for m in range(K + 1)], [t - m * t_mtp for m, t in enumerate(step)])  # draft/verify_s
+    step, draft = ([f(m) for m in range(K + 1)] for f in (trace.cost.step_s, trace.cost.drafting_s))
+    t0, costs = trace.rows["tokens"], (step, draft, [t - d for t, d in zip(step, draft)])  # costs: step/draft/verify_s
     observe = None if getattr(policy.observe, "__func__", None) is Policy.observe else policy.observe  # no-op hook
     plan = (relaxed_rule(policy.acceptance), max_new, max_draft, max_draft if max_draft == K else -1,
             trace.native_depths, trace.eos_ids, costs, reads_stats(policy), observe)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from specpolicy import generate
-from specpolicy.decoding.cost import CostModel, _fit_drafts, measure_cost
+from specpolicy.decoding.cost import CostModel, _fit_drafts, fit_cost, measure_cost, sweep_policies
 from specpolicy.policies import get_policy, with_step_cost
 from specpolicy.replay import prompt_from_generation, replay
 from specpolicy.replay.compare import decode_real
@@ -134,6 +134,56 @@ def test_the_loop_cost_model_fits_a_positive_catch_up_cost(model):
     assert CostModel.from_dict(cost.to_dict()) == cost
 
 
+def test_a_sweep_drafts_every_block_size_in_every_k_steps_and_respects_the_budget(model):
+    from specpolicy.policies import StepState
+
+    sweep = sweep_policies(4, 2, seed=5)
+    a, b = sweep.values()
+    sizes = []
+    for step in range(12):
+        m = 0
+        while a.decide(StepState(step=step, drafts=(1,) * m)).kind.value == "extend":
+            m += 1
+        sizes.append(m)
+    assert [sorted(sizes[i : i + 4]) for i in (0, 4, 8)] == [[1, 2, 3, 4]] * 3 and a._ks != b._ks
+    assert a.decide(StepState(step=0, budget=0)).kind.value == "verify"
+    res = generate(model, PROMPTS[0], a, max_new_tokens=N, max_draft=4)
+    assert {len(s.drafts) for s in res.steps} - {0} <= {1, 2, 3, 4}
+
+
+def test_fit_cost_reads_the_verify_time_per_block_size_and_the_catch_up_rows_off_the_steps():
+    """Synthetic runs with known costs: t_target[m] is the per-size median of the verify times, the draft phases give
+    t_mtp and t_row, and a size without steps falls back to the isolated curve scaled to the runs' level."""
+    from specpolicy.decoding.drafters.mtp import CatchUp
+
+    rng = random.Random(1)
+    verify = {m: 0.010 + 0.0005 * m for m in range(5)}  # m = 4 never occurs below
+
+    def run(sizes, committed):
+        cu, steps = CatchUp(32), []
+        for m, c in zip(sizes, committed):
+            rows = cu.step(m, c)
+            d = 0.002 * m + 0.0001 * (rows - m - cu.fresh) + 0.00001 * cu.fresh if m else 0.0
+            steps.append(SimpleNamespace(drafts=(7,) * m, committed=(7,) * c, draft_s=d,
+                                         verify_s=verify[m] * rng.uniform(0.99, 1.01)))
+        inside = sum(s.draft_s + s.verify_s for s in steps)
+        stats = SimpleNamespace(wall_s=1.0 + inside + 0.0002 * len(steps), prefill_s=1.0)
+        return SimpleNamespace(steps=steps, prompt_ids=(0,) * 32, stats=stats)
+
+    ar = [run([0] * 40, [1] * 40)]
+    sweeps = [run([rng.randint(1, 3) for _ in range(60)], [rng.randint(1, 4) for _ in range(60)]) for _ in range(3)]
+    compute = CostModel(t_target=(0.005, 0.006, 0.007, 0.008, 0.009), t_mtp=0.001)
+    cost = fit_cost(ar, sweeps, 4, compute)
+    for m in range(4):
+        assert cost.t_target[m] == pytest.approx(verify[m], rel=0.01)
+    ratios = [verify[m] / compute.t_target[m] for m in range(4)]  # 2.0 .. 1.44: the runs' level, median over steps
+    assert min(ratios) * 0.009 < cost.t_target[4] < max(ratios) * 0.009
+    assert cost.t_mtp == pytest.approx(0.002, rel=0.01) and cost.t_row == pytest.approx(0.0001, rel=0.01)
+    assert cost.t_first < 1e-9 and cost.drafting_s(2) == pytest.approx(0.004, rel=0.01)
+    assert cost.t_overhead == pytest.approx(0.0002, rel=0.01)
+    assert fit_cost(ar, sweeps, 4, compute, rows=False).t_row == 0.0
+
+
 def test_the_draft_fit_recovers_the_three_costs_past_timing_spikes():
     rng = random.Random(0)
     drafts = []
@@ -142,17 +192,22 @@ def test_the_draft_fit_recovers_the_three_costs_past_timing_spikes():
         fresh = rng.choice([0] * 9 + [60, 120])  # a depth's first draft over the context, now and then
         t = 0.8e-3 * m + 60e-6 * r + 20e-6 * fresh + rng.gauss(0, 2e-5)
         drafts.append((m, r, fresh, t * (8 if i % 50 == 0 else 1)))  # a spike every 50 phases
-    t_mtp, t_row, t_ctx = _fit_drafts(drafts, fallback=1.0)
+    t_mtp, t_row, t_ctx, t_first = _fit_drafts(drafts, fallback=1.0)
     assert t_mtp == pytest.approx(0.8e-3, rel=0.02) and t_row == pytest.approx(60e-6, rel=0.05)
-    assert t_ctx == pytest.approx(20e-6, rel=0.05)
+    assert t_ctx == pytest.approx(20e-6, rel=0.05) and t_first == 0.0  # no cost per phase in these
     no_fresh = [(m, r, 0, t) for m, r, f, t in drafts if f == 0]
-    t_mtp, t_row, t_ctx = _fit_drafts(no_fresh, fallback=1.0)  # no first drafts at a depth: t_ctx 0 (t_row used)
+    t_mtp, t_row, t_ctx, _ = _fit_drafts(no_fresh, fallback=1.0)  # no first drafts at a depth: t_ctx 0 (t_row used)
     assert t_row == pytest.approx(60e-6, rel=0.05) and t_ctx == 0.0
     free = [(m, r, f, 0.8e-3 * m + 20e-6 * f + rng.gauss(0, 2e-5)) for m, r, f, _ in drafts]  # rows cost nothing
-    t_mtp, t_row, t_ctx = _fit_drafts(free, fallback=1.0)
+    t_mtp, t_row, t_ctx, _ = _fit_drafts(free, fallback=1.0)
     assert t_mtp == pytest.approx(0.8e-3, rel=0.02) and t_row >= 0 and t_ctx == pytest.approx(20e-6, rel=0.05)
+    first = [(m, r, f, t + 0.5e-3) for m, r, f, t in drafts]  # each phase pays 0.5 ms once (its first draft)
+    t_mtp, t_row, t_ctx, t_first = _fit_drafts(first, fallback=1.0)
+    assert t_first == pytest.approx(0.5e-3, rel=0.05) and t_mtp == pytest.approx(0.8e-3, rel=0.02)
+    assert t_row == pytest.approx(60e-6, rel=0.05)
+    assert _fit_drafts(first, fallback=1.0, rows=False)[1:3] == (0.0, 0.0)
     assert _fit_drafts([(1, 0, 0, -1e-3), (2, 0, 0, -2e-3), (1, 0, 0, -1e-3), (3, 0, 0, -3e-3)],
-                       fallback=1.5e-3) == (1.5e-3, 0.0, 0.0)  # no positive fit
+                       fallback=1.5e-3) == (1.5e-3, 0.0, 0.0, 0.0)  # no positive fit
 
 
 def test_a_cost_model_without_t_ctx_prices_fresh_rows_at_t_row():
