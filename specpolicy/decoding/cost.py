@@ -126,8 +126,8 @@ def measure_cost(model, ctx: list[int], k: int, reps: int, drafter=None, loop_re
     with ``loop_reps`` > 0 the same quantities are instead read off the decoder's own steps (``_from_decoder``:
                    ``generate`` decodes ``loop_tokens`` tokens after ``ctx`` with ``ar`` and K ``sweep_policies``
                    schedules, ``loop_reps`` rounds; ``fit_cost``): t_target[m] = median verify time of the steps
-                   with m drafts, t_mtp = median draft-phase time per draft (MTP drafter: t_mtp, t_row and t_ctx,
-                   the cost of each row a draft catches up beyond its first, fitted to the draft phases),
+                   with m drafts, t_first + m * t_mtp fitted to the draft phases (MTP drafter: also t_row and
+                   t_ctx, the cost of each row a draft catches up beyond its first),
                    t_overhead = median time per step outside both phases. Isolated timings run with cold caches
                    between calls of different sizes and a drafter caught up by exactly one position; their c(m)
                    rose more steeply than the decoder's (session 11, float32 drafter: c(9) 1.66 isolated vs
@@ -211,9 +211,9 @@ def fit_cost(ar: list, sweeps: list, k: int, compute: CostModel, rows: bool = Tr
     (forward + walk + commit) of the steps with m drafts; every m occurs within every sweep run, so drift of the
     machine's speed hits every m alike (per-m medians from one fixed-k run per m each drifted with its own stretch
     of time). A size with fewer than 5 steps falls back to the isolated forwards' curve (``compute``) scaled by the
-    median ratio of all verify times to it. t_mtp = median draft-phase time per draft, or with ``rows`` (the MTP
-    drafter) t_mtp, t_row and t_ctx fitted to the sweeps' draft phases and the rows they caught up (``CatchUp``,
-    ``_fit_drafts``; varied schedules make the rows vary within a run); t_overhead = the median, over runs, of the
+    median ratio of all verify times to it. t_first and t_mtp, and with ``rows`` (the MTP drafter) t_row and t_ctx,
+    fitted to the sweeps' draft phases and the rows they caught up (``CatchUp``, ``_fit_drafts``; varied schedules
+    make the rows vary within a run; the median draft-phase time per draft where no fit is positive); t_overhead = the median, over runs, of the
     time per step outside both phases (observe, records, the loop)."""
     from .drafters.mtp import CatchUp
 
