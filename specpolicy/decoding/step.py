@@ -17,8 +17,7 @@ The walk, for j = 1..m (``judge`` answers from the target's block forward, or fr
 
 then nothing after an EOS is committed (the block is cut after it). ``clean`` -- every draft committed so far passed
 the strict rule -- is handed to the judge: while it holds, the block is on the target's own path, which a replay
-needs to know to look the target's tokens up in a trace. ``relaxes(verdicts, judge)``: whether a relaxed rule changes a
-strict walk's block (only by accepting its one rejected draft), which lets the replay reuse strict walks.
+needs to know to look the target's tokens up in a trace.
 
 Example:
     >>> from specpolicy.policies import StepState, get_policy
@@ -36,7 +35,7 @@ from typing import Protocol
 
 from ..policies import Action, ActionKind, Policy, StepState
 
-__all__ = ["Block", "Judge", "draft_phase", "relaxes", "trust_mask", "walk", "TARGET", "VERIFIED", "RELAXED", "TRUSTED"]
+__all__ = ["Block", "Judge", "draft_phase", "trust_mask", "walk", "TARGET", "VERIFIED", "RELAXED", "TRUSTED"]
 
 TARGET, VERIFIED, RELAXED, TRUSTED = "target", "verified", "relaxed", "trusted"  # provenance of a committed token
 _EXTEND, _TRUST = ActionKind.EXTEND, ActionKind.TRUST
@@ -178,21 +177,3 @@ def walk(drafts: Sequence[int], mask: Sequence[bool], judge: Judge, relaxed: boo
     fields["verdicts"], fields["accept_prob"] = tuple(verdicts), tuple(probs)
     fields["accepted"], fields["walked"], fields["eos"] = accepted, walked, cut
     return block
-
-
-def relaxes(verdicts: Sequence[bool], judge: Judge) -> bool:
-    """Whether a policy's relaxed rule changes the strict walk (of a block without trusted drafts) whose verdicts are
-    ``verdicts``: the relaxed walk asks the rule first at the first draft the strict rule rejects (the strict walk's
-    last verdict), and when the rule rejects it too, both walks commit the same tokens with the same verdicts, so the
-    strict walk's block is the relaxed walk's. True: walk again with ``relaxed=True``. The replay reuses strict walks.
-
-    Example:
-        >>> class No:
-        ...     def strict(self, j, clean): return (j == 0, float(j == 0))
-        ...     def relaxed(self, j): return False
-        ...     def target(self, j, clean, rejected): return 99
-        >>> block = walk((5, 6, 7), (False,) * 3, No())
-        >>> relaxes(block.verdicts, No()), walk((5, 6, 7), (False,) * 3, No(), relaxed=True) == block
-        (False, True)
-    """
-    return bool(verdicts) and not verdicts[-1] and judge.relaxed(len(verdicts) - 1)

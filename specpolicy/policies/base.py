@@ -25,7 +25,8 @@ from operator import add as _add
 from typing import Any, ClassVar
 
 _new = object.__new__  # the step's hot path builds frozen records without __init__, filling their __dict__
-_ONES = (1,) * 4096  # map(_add, counts, _ONES): every count + 1 (a block never holds 4096 drafts)
+_FIRST_LEN = 256
+_FIRST = tuple((1,) * n + (0,) * (_FIRST_LEN - n) for n in range(_FIRST_LEN + 1))  # [n]: +1 to the first n counts
 
 
 class ActionKind(enum.Enum):
@@ -97,8 +98,19 @@ class AcceptanceStats:
             att, acc = att + pad, acc + pad
         new = _new(AcceptanceStats)
         fields = new.__dict__
-        fields["attempted"] = (*map(_add, att[:n], _ONES), *att[n:])
-        fields["accepted"] = (*map(_add, acc[:n], map(bool, verdicts)), *acc[n:])
+        fields["attempted"] = (tuple(map(_add, att, _FIRST[n])) if len(att) <= _FIRST_LEN  # stops at att's end
+                               else (*(a + 1 for a in att[:n]), *att[n:]))
+        fields["accepted"] = (*map(_add, acc, map(bool, verdicts)), *acc[n:])
+        return new
+
+    def _walked(self, n: int, k: int) -> AcceptanceStats:
+        """``_plus`` of a strict walk's verdicts, k accepts then n - k (0 or 1) rejects (the replay's strict steps)."""
+        att, acc = self.attempted, self.accepted
+        if n > len(att) or len(att) > _FIRST_LEN:
+            return self._plus((True,) * k + (False,) * (n - k))
+        new = _new(AcceptanceStats)
+        fields = new.__dict__
+        fields["attempted"], fields["accepted"] = tuple(map(_add, att, _FIRST[n])), tuple(map(_add, acc, _FIRST[k]))
         return new
 
 

@@ -66,7 +66,7 @@ __all__ = ["NOMINAL_STEP_COST", "GoodputPolicy", "relative_step_cost", "step_cos
 # embedded model on a CPU (issue 13: drafting 0.31 of a target forward per depth, plus the longer verify forward).
 NOMINAL_STEP_COST = (1.0, 1.4)
 _MAX_COST_LEN = 4 * MAX_DEPTH + 4
-_ZEROS = (0,) * MAX_DEPTH  # the rule reads counts at depths 1..k_max <= MAX_DEPTH
+_ZEROS = (0,) * MAX_DEPTH  # the rule reads counts at depths 1..k_max (<= MAX_DEPTH)
 _TABLE_ROWS = 512  # rate table rows (attempted counts) computed at once: ~131k entries; later rows lazily
 
 
@@ -138,7 +138,7 @@ class GoodputPolicy(Policy):
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
         self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
-        self._step: tuple = (None, (), ())  # the stats of the step being drafted, its counts padded to MAX_DEPTH
+        self._step: tuple = (None, (), ())  # the stats of the step being drafted, its counts padded to k_max
         self._table: tuple[list, list] = ([], [])  # [n][a]: r and (1 - w) r for a accepted of n attempted
         self._grow(0)
 
@@ -161,7 +161,7 @@ class GoodputPolicy(Policy):
         n = len(conf)
         stop = self._stop(conf, state.stats, m, limit, n) if m < limit else m
         stop = n if stop > n else stop  # it would extend past the last known draft: the drafter has no more
-        return stop, self._final(conf, stop)
+        return stop, (_VERIFY if self.tau_trust >= 1 else self._final(conf, stop))
 
     def _final(self, conf: tuple, m: int) -> Action:
         """The action that ends a draft phase at depth m: VERIFY, or TRUST the prefix >= tau_trust."""
@@ -177,31 +177,38 @@ class GoodputPolicy(Policy):
         h = 1..min(lookahead, limit - d): module docstring); n + 1 if it extends at every depth m..n. ``conf`` holds
         c_1..c_n; the rule at depth d reads c_1..c_d only."""
         step = self._step
-        if step[0] is not stats:  # a new step (stats are immutable): its counts padded to every depth
+        if step[0] is not stats:  # a new step (stats are immutable): its counts padded to depth k_max
             att, acc = stats.attempted, stats.accepted
-            pad = _ZEROS[: MAX_DEPTH - len(att)]
-            step = self._step = (stats, att + pad, acc + pad)
-            most = max(att, default=0)
+            most = max(att) if att else 0
             if most >= len(self._table[0]):
                 self._grow(most)
+            if len(att) < self.k_max:
+                pad = _ZEROS[: self.k_max - len(att)]
+                att, acc = att + pad, acc + pad
+            step = self._step = (stats, att, acc)
         _, att, acc = step  # r_{j+1} = rate[att[j]][acc[j]]
         rate, wr = self._table
         w, g, tau, t, ahead = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead
         p, e, trusting, last, d = 1.0, 1.0, tau < 1, 0.0, 0  # P_d, E(d), still trusting, w c_d^g
+        a = rate  # a_{j+1} of a depth not drafted yet: last + a[att[j]][acc[j]] (at d = 0: 0.0 + r_{j+1}, = r_{j+1})
         while d < limit:
             if d >= m:  # the rule at depth d (E(m) is accumulated over the drafts so far first)
-                pj, ej, td, top = p, e, t[d], d + ahead if d + ahead < limit else limit
-                for j in range(d, top):  # depth j+1, not drafted yet: a_{j+1} = w c_d^g + (1 - w) r_{j+1}, or r at d=0
-                    pj *= last + wr[att[j]][acc[j]] if d else rate[att[j]][acc[j]]
-                    ej += pj
-                    if ej * td > e * t[j + 1]:  # G(j + 1) > G(d)
-                        break
-                else:
-                    return d
+                pj = p * (last + a[att[d]][acc[d]])  # h = 1 first: where the rule extends, it mostly pays at once
+                ej, td = e + pj, t[d]
+                if ej * td <= e * t[d + 1]:  # G(d + 1) <= G(d): look further, h = 2..min(lookahead, limit - d)
+                    top, j = (d + ahead if d + ahead < limit else limit), d + 1
+                    while j < top:
+                        pj *= last + a[att[j]][acc[j]]
+                        ej += pj
+                        j += 1
+                        if ej * td > e * t[j]:  # G(j) > G(d)
+                            break
+                    else:
+                        return d
                 if d == n:
                     return n + 1
             c = conf[d]  # draft d+1: a_{d+1} = w c^g + (1 - w) r_{d+1}, or 1 while trusted
-            last = w * (c if g == 1.0 else c ** g)
+            last, a = w * (c if g == 1.0 else c ** g), wr
             if trusting and c >= tau:
                 e += p  # a trusted draft is committed whatever its verdict
             else:

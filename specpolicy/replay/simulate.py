@@ -53,12 +53,13 @@ import numpy as np
 
 from specpolicy.decoding.acceptance import PFeatures, relaxed_rule
 from specpolicy.decoding.drafters.mtp import CatchUp
-from specpolicy.decoding.step import TRUSTED, VERIFIED, draft_phase, relaxes, trust_mask, walk
+from specpolicy.decoding.step import draft_phase, trust_mask, walk
 from specpolicy.errors import UserError
 from specpolicy.policies import ActionKind, Policy, StepOutcome, StepState, get_policy, with_step_cost
 from specpolicy.policies.base import AcceptanceStats, chain_hook, reads_stats
 
 from .trace import Trace
+from .walks import _depth_counts, _lossy_block
 
 _TRUST = ActionKind.TRUST
 
@@ -144,10 +145,12 @@ def _prefixes(D, Q, E, M) -> tuple[list, tuple]:
 def _row_tables(trace: Trace) -> list[list[tuple]]:
     """Per prompt i, per row n: what one step at row n reads, built once per trace (rebuilt if ``trace.rows`` or the
     EOS ids change): ``(prefixes, strict verdicts on the clean block, on the chain, the target's tokens
-    on the clean block, on the chain, the p features per depth, strict walks, the drafts' chain)``; ``prefixes``
+    on the clean block, on the chain, the p features per depth, strict walks, the drafts' chain, lossy walks)``;
+    ``prefixes``
     and the chain: ``_prefixes``; the
     clean block's target token at position j is ``tokens[n + 1 + j]``, the chain's ``target_chain[n, j]``
-    (``_Judge``); ``strict walks[m]``: ``_strict_block``, filled on first use. Each is a function of the trace and
+    (``_Judge``); ``strict walks[m]``: ``_strict_block``, ``lossy walks``: ``_lossy_block``, both filled on first
+    use. Each is a function of the trace and
     the row alone, so every later replay of the trace reuses it. (Prefixes and memos are tuples of plain numbers,
     which the garbage collector stops tracking: a big trace adds little to its full collections.)"""
     rows, key = trace.rows, trace.eos_ids
@@ -165,7 +168,7 @@ def _row_tables(trace: Trace) -> list[list[tuple]]:
         chains = [_prefixes(D[n], Q[n], E[n], M[n]) for n in range(N - 1)]
         tables.append([(chains[n][0].__getitem__, tuple(map(_VERDICT, clean_ok[i][n])),
                         tuple(map(_VERDICT, chain_ok[i][n])), toks[n + 1 : n + 2 + K], C[n],
-                        tuple(zip(*(f[n] for f in pf))), [None] * (K + 1), chains[n][1]) for n in range(N - 1)])
+                        tuple(zip(*(f[n] for f in pf))), [None] * (K + 1), chains[n][1], {}) for n in range(N - 1)])
     _TABLES[trace] = (rows, key, tables)
     return tables
 
@@ -182,7 +185,7 @@ class _Judge:
         self.accept = rule.accept_features if rule is not None else None
 
     def at(self, row: tuple) -> _Judge:
-        _, self.ok_clean, self.ok_chain, self.t_clean, self.t_chain, self.pf, _, _ = row
+        _, self.ok_clean, self.ok_chain, self.t_clean, self.t_chain, self.pf, _, _, _ = row
         return self
 
     def strict(self, j: int, clean: bool) -> tuple[bool, float]:
@@ -221,15 +224,6 @@ def _strict_block(row: tuple, drafts: tuple, judge: _Judge, eos: frozenset) -> t
     return memo
 
 
-def _depth_counts(walked: list[int], ok: list[int], other: AcceptanceStats) -> tuple[tuple, tuple]:
-    """``AcceptanceStats``' (attempted, accepted) of a prompt from ``walked[n]`` / ``ok[n]``: strict steps with n
-    verdicts / n leading accepts, and ``other``: the counts of the other steps."""
-    width = max([n for n, c in enumerate(walked) if c] + [len(other.attempted)])
-    att, acc = other.attempted + (0,) * width, other.accepted + (0,) * width
-    return (tuple(sum(walked[j + 1 :]) + att[j] for j in range(width)),
-            tuple(sum(ok[j + 1 :]) + acc[j] for j in range(width)))
-
-
 def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: int, max_draft: int, full: int,
                    native_depths: int, eos: frozenset, costs: tuple, keep: bool, observe,
                    catch_up: tuple | None) -> PromptReplay:
@@ -238,7 +232,7 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
     judge, relaxed, start_state, grow = _Judge(rule), rule is not None, StepState.at_step, StepState.with_prefix
     chain = chain_hook(policy)
     policy.reset()
-    other = AcceptanceStats()  # not ``keep``: the counts of lossy steps, tallies of strict ones (``_depth_counts``)
+    tally = {}  # {verdicts: steps} of the lossy steps, and tallies of the strict ones (``_depth_counts``)
     stats = AcceptanceStats() if keep else _STATS_LEFT_OUT
     last_accepted, new, steps, drafted, capped, lossy, time_s = -1, 1, 0, 0, 0, [0, 0, 0], 0.0
     hist, walked_n, ok_n = [0] * (max_draft + 1), [0] * (max_draft + 1), [0] * (max_draft + 1)
@@ -255,23 +249,26 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
         else:  # the policy's own one-pass draft phase over the recorded chain (``Policy.decide_chain``)
             m, action = chain(state, row[7])  # the state is not grown: a walk reads d_1..d_m off the chain, row[7][0]
         capped += m == full and left > m  # drafted the trace's full depth with token budget to spare
-        strict = action.kind is not _TRUST
-        if strict:  # the strict walk: the same for every visit of (row, m); a relaxed rule may change it (``relaxes``)
+        if action.kind is not _TRUST:  # the strict walk: the same for every visit of (row, m)
             finished, accepted, verdicts, committed, n_walked, n_ok, mask = (
                 row[6][m] or _strict_block(row, row[7][0][:m], judge, eos))
-            strict = not relaxed or n_walked == n_ok or not relaxes(verdicts, judge.at(row))
-            if strict:
-                walked_n[n_walked] += 1
-                ok_n[n_ok] += 1
-        if not strict:  # trusted drafts, or a relaxed rule that accepts a draft the strict rule rejects
-            mask = trust_mask(action, m)
-            block = walk(row[7][0][:m], mask, judge.at(row), relaxed, eos)
-            finished, accepted, verdicts, committed = block.eos, block.accepted, block.verdicts, len(block.committed)
-            for kind, ok in zip(block.provenance[: block.accepted], block.verdicts):  # the committed drafts
-                if kind != VERIFIED:  # trusted or relaxed: lossy [trusted, relaxed, wrong]
-                    lossy[0 if kind == TRUSTED else 1] += 1
-                    lossy[2] += not ok
-            other = other if keep else other._plus(verdicts)
+            strict = not relaxed or n_walked == n_ok  # a relaxed rule is asked at the first rejected draft, n_ok
+        else:
+            strict, mask, n_ok = False, trust_mask(action, m), 0
+        if strict:
+            walked_n[n_walked] += 1
+            ok_n[n_ok] += 1
+            if keep:
+                stats = stats._walked(n_walked, n_ok)  # = stats.updated(outcome)
+        else:  # trusted drafts, or a relaxed rule asked where the strict rule rejects
+            finished, accepted, verdicts, committed, n_trusted, n_relaxed, wrong = _lossy_block(
+                row, m, mask, judge.at(row), relaxed, eos, n_ok)
+            lossy[0] += n_trusted
+            lossy[1] += n_relaxed
+            lossy[2] += wrong
+            tally[verdicts] = tally.get(verdicts, 0) + 1
+            if keep:
+                stats = stats._plus(verdicts)  # = stats.updated(outcome)
         steps += 1
         drafted += m
         hist[accepted] += 1
@@ -280,10 +277,8 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
         new += committed
         if observe is not None:
             observe(StepOutcome.of(m, accepted, mask, verdicts, committed, draft_s[m] + extra, verify_s[m]))
-        if keep:
-            stats = stats._plus(verdicts)  # = stats.updated(outcome)
         last_accepted = accepted
-    reached, ok = (stats.attempted, stats.accepted) if keep else _depth_counts(walked_n, ok_n, other)
+    reached, ok = (stats.attempted, stats.accepted) if keep else _depth_counts(walked_n, ok_n, tally)
     return PromptReplay(
         new_tokens=new, steps=steps, drafted=drafted, accepted=sum(a * c for a, c in enumerate(hist)),
         trusted_tokens=lossy[0], relaxed_tokens=lossy[1], shadow_rejects=lossy[2], accepted_hist=tuple(hist),
@@ -331,7 +326,8 @@ def replay(policy: str | Policy, trace: Trace, max_new_tokens: int | None = None
     plan = (relaxed_rule(policy.acceptance), max_new, max_draft, max_draft if max_draft == K else -1,
             trace.native_depths, trace.eos_ids, costs, reads_stats(policy), observe)
     rows = trace.cost.t_row > 0 or trace.cost.t_ctx > 0  # catch-up rows priced (``CatchUp`` from the prompt length)
-    prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan, (trace.cost, len(trace.prompt_ids[i])) if rows else None)
+    prompts = tuple(_replay_prompt(policy, table, t0[i][0], *plan,
+                                   (trace.cost, len(trace.prompt_ids[i])) if rows else None)
                     for i, table in enumerate(_row_tables(trace)))
     summary = summarise_prompts(prompts, lossless=policy.lossless, relaxed=policy.acceptance is not None)
     summary.update(policy=policy.name, params=policy.params(), max_new_tokens=max_new, max_draft=max_draft,

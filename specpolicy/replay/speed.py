@@ -14,12 +14,15 @@ from .trace import Trace
 __all__ = ["replay_speed"]
 
 
-def replay_speed(trace: Trace, names=None, reps: int = 3) -> dict:
+def replay_speed(trace: Trace, names=None, reps: int = 5) -> dict:
     """Seconds to replay each policy (registered names, defaults; all by default) over the whole trace in this
-    process: the median of ``reps`` runs, microseconds per policy step and policy steps per second; ``first_s``: the
-    first run, which also memoises the strict walks it meets (``simulate._row_tables``). ``rows_s``: the one-off conversion
+    process, each replay with a new policy object (as a study's trial builds one), ``reps`` times in a row (as a
+    study replays one policy): the median, microseconds per policy step and policy steps per second; ``first_s``: the
+    first run, which also memoises the walks it meets (``simulate._row_tables``). ``rows_s``: the one-off conversion
     of the trace to Python lists and per-row lookup tables, which every later replay of the same trace reuses. A
-    benchmark, not a test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``)."""
+    benchmark, not a test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``); on a VM whose speed drifts,
+    run it more than once.
+    """
     import statistics
     import time
 

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from specpolicy.policies import AcceptanceStats, StepState
+from specpolicy.policies import AcceptanceStats, StepOutcome, StepState
 
 
 def test_native_depths_is_a_field_and_the_old_name_warns():
@@ -39,3 +39,27 @@ def test_replace_and_extended_keep_every_field():
     assert state.drafts == (1,) and grown.depth == 2  # the original is untouched
     with pytest.raises(dataclasses.FrozenInstanceError):
         grown.budget = 0
+
+
+def test_stats_fast_updates_equal_counting_verdict_by_verdict():
+    """``AcceptanceStats.updated`` (``_plus``) and the replay's ``_walked`` (a strict walk: k accepts, then at most one
+    reject) against counting each verdict, also past the prefix table (``_FIRST_LEN`` counts) and onto new depths."""
+    import random
+
+    rng = random.Random(4)
+    for width in (3, 9, 300):
+        stats, att, acc = AcceptanceStats(), [], []
+        for _ in range(60):
+            n = rng.randint(0, width)
+            if rng.random() < 0.5:  # a strict walk
+                k = rng.randint(max(n - 1, 0), n)
+                verdicts, fast = (True,) * k + (False,) * (n - k), stats._walked(n, k)
+            else:
+                verdicts = tuple(rng.random() < 0.6 for _ in range(n))
+                fast = stats.updated(StepOutcome(n, 0, (False,) * n, verdicts, 1))
+            att += [0] * (n - len(att))
+            acc += [0] * (n - len(acc))
+            for j, v in enumerate(verdicts):
+                att[j], acc[j] = att[j] + 1, acc[j] + v
+            assert fast == AcceptanceStats(tuple(att), tuple(acc)) and all(type(x) is int for x in fast.accepted)
+            stats = fast

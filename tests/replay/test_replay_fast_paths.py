@@ -1,5 +1,5 @@
 """The replay's fast paths change no result: states grown from per-trace prefixes, strict walks memoised per
-(trace, row, m), a relaxed rule asked only where it can change a strict walk (``relaxes``), and the running stats
+(trace, row, m), lossy walks memoised under their mask or the relaxed rule's answers, and the running stats
 left out for policies that declare ``reads_stats = False`` (a declaration that lies fails loudly), and a policy's
 one-pass draft phase (``decide_chain``) equal to asking its ``decide`` depth by depth."""
 
@@ -13,7 +13,7 @@ import pytest
 
 import specpolicy.calibration  # noqa: F401 - registers ``calibrated``
 import specpolicy.replay.simulate as simulate
-from specpolicy.decoding.step import draft_phase, relaxes, walk
+from specpolicy.decoding.step import draft_phase
 from specpolicy.policies import (
     AcceptanceStats,
     Action,
@@ -183,29 +183,25 @@ def test_chains_change_no_replay(monkeypatch):
     assert fast == slow
 
 
-class _Judge:
-    def __init__(self, strict, relax):
-        self.ok, self.relax = strict, relax
-
-    def strict(self, j, clean):
-        return (self.ok[j], float(self.ok[j])) if clean else (not self.ok[j], 0.5)
-
-    def relaxed(self, j):
-        return self.relax[j]
-
-    def target(self, j, clean, rejected):
-        return 100 + j + 50 * (not clean)
-
-
-def test_relaxes_is_exactly_where_a_relaxed_walk_differs_from_the_strict_one():
-    rng = random.Random(5)
-    for _ in range(400):
-        m = rng.randint(0, 5)
-        judge = _Judge([rng.random() < 0.6 for _ in range(m + 1)], [rng.random() < 0.5 for _ in range(m + 1)])
-        drafts, eos = tuple(rng.randint(1, 9) for _ in range(m)), rng.choice([(), (3,)])
-        strict = walk(drafts, (False,) * m, judge, False, eos)
-        lossy = walk(drafts, (False,) * m, judge, True, eos)
-        assert (lossy != strict) == relaxes(strict.verdicts, judge)
+def test_lossy_walks_memoised_across_rule_parameters_equal_fresh_ones():
+    """A study's trials: relaxed rules and trust thresholds with other parameters each, replayed one after another
+    on the same traces (lossy walks memoised under their mask or the rule's answers, shared by every trial) give
+    what each gives on freshly built tables; and the memo is shared: later trials find walks earlier ones stored."""
+    rng = random.Random(11)
+    trials = [("typical", {"eps": rng.uniform(0.02, 0.4), "delta": rng.uniform(0.05, 1.0), "k": rng.randint(1, 6)})
+              for _ in range(6)]
+    trials += [("topk_relaxed", {"k_top": rng.randint(1, 4), "delta": rng.uniform(0.0, 2.0), "k": rng.randint(1, 6)})
+               for _ in range(6)]
+    trials += [("threshold", {"tau_extend": 0.3, "tau_trust": rng.uniform(0.5, 0.95), "k_max": 6}) for _ in range(4)]
+    for t in _traces():
+        shared = [_digest(replay(name, t, **params)) for name, params in trials]
+        stored = sum(len(row[8]) for table in simulate._row_tables(t) for row in table)
+        fresh = []
+        for name, params in trials:
+            simulate._TABLES.pop(t, None)
+            fresh.append(_digest(replay(name, t, **params)))
+        assert shared == fresh
+        assert stored > sum(len(row[8]) for table in simulate._row_tables(t) for row in table) > 0
 
 
 def test_goodput_rates_reused_within_a_step_equal_fresh_ones():

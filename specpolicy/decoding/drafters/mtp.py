@@ -59,19 +59,19 @@ class CatchUp:
     def step(self, drafted: int, committed: int) -> int:
         """Rows processed by the ``drafted`` drafts of a step that commits ``committed`` tokens; advances to the next."""
         n, L = self.n, self.L
+        self.n = n + committed
+        if not drafted:
+            self.fresh = 0
+            return 0
         if len(L) < drafted:
             L += [0] * (drafted - len(L))
         head = L[:drafted]
-        rows = drafted * n - sum(head)
         self.fresh = head.count(0) * (n - 1) if n > 0 else 0  # depths with no entry yet read the whole context
         # each drafted depth j (0-based) now holds min(n, n + committed - 1 - j) entries: n for j < committed, then
         # one fewer per depth; depths not drafted this step keep entries that read committed tokens only
-        if drafted <= committed:
-            L[:drafted] = [n] * drafted
-        else:
-            L[:drafted] = [n] * committed + list(range(n - 1, n - 1 - drafted + committed, -1))
-        self.n = n + committed
-        return rows
+        L[:drafted] = ([n] * drafted if drafted <= committed
+                       else [n] * committed + [*range(n - 1, n - 1 - drafted + committed, -1)])
+        return drafted * n - sum(head)
 
 
 class _Rows:
