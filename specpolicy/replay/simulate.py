@@ -8,7 +8,8 @@ token, row n of the trace); the step itself is the decoder's own (``specpolicy.d
     walk(d_1..d_m, trust_mask(action), judge)     judge: verdict_j = (d_j == the target's token at chain position j),
                                                   read from tokens[n + j] (clean block) or target_chain[n, j-1];
                                                   relaxed rules read the trace's p features (``RelaxedRule``);
-                                                  a strict walk is memoised per (trace, n, m): a pure function
+                                                  a strict walk is memoised per (trace, n, m): a pure function;
+                                                  a lossy one also under its mask or the rule's answers
     policy.observe(StepOutcome(...)); stats.updated(outcome)     (the stats not for ``reads_stats = False`` policies)
 
 Exact for lossless policies under greedy decoding: the committed sequence is the target's greedy sequence whatever
@@ -146,12 +147,10 @@ def _row_tables(trace: Trace) -> list[list[tuple]]:
     """Per prompt i, per row n: what one step at row n reads, built once per trace (rebuilt if ``trace.rows`` or the
     EOS ids change): ``(prefixes, strict verdicts on the clean block, on the chain, the target's tokens
     on the clean block, on the chain, the p features per depth, strict walks, the drafts' chain, lossy walks)``;
-    ``prefixes``
-    and the chain: ``_prefixes``; the
-    clean block's target token at position j is ``tokens[n + 1 + j]``, the chain's ``target_chain[n, j]``
-    (``_Judge``); ``strict walks[m]``: ``_strict_block``, ``lossy walks``: ``_lossy_block``, both filled on first
-    use. Each is a function of the trace and
-    the row alone, so every later replay of the trace reuses it. (Prefixes and memos are tuples of plain numbers,
+    ``prefixes`` and the chain: ``_prefixes``; the clean block's target token at position j is ``tokens[n + 1 + j]``,
+    the chain's ``target_chain[n, j]`` (``_Judge``); ``strict walks[m]``: ``_strict_block``, ``lossy walks``:
+    ``walks._lossy_block``, both filled on first use. Each is a function of the trace and the row alone, so every
+    later replay of the trace reuses it. (Prefixes and memos are tuples of plain numbers,
     which the garbage collector stops tracking: a big trace adds little to its full collections.)"""
     rows, key = trace.rows, trace.eos_ids
     cached = _TABLES.get(trace)
