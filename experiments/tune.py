@@ -119,10 +119,11 @@ def bench_replay(trace, run_dir: Path) -> dict:
 
     out = replay_speed(trace)
     print(f"replay benchmark: {trace.n_prompts} prompts x {trace.max_new_tokens} tokens, one process, median of "
-          f"{out['reps']} in a row (list conversion once per trace: {out['rows_s']:.2f} s)")
+          f"{out['reps']} interleaved rounds (list conversion once per trace: {out['rows_s']:.2f} s)")
     for name, r in out["policies"].items():
-        print(f"  {name:14s} {r['median_s']:7.3f} s  {r['steps']:6d} steps  {r['us_per_step']:6.1f} us/step  "
-              f"{r['steps_per_s'] / 1e3:7.1f}k steps/s  tpf {r['tpf']:.3f}")
+        lo, hi = (1e6 * r[k] / max(r["steps"], 1) for k in ("min_s", "max_s"))
+        print(f"  {name:14s} {r['median_s']:7.3f} s  {r['steps']:6d} steps  {r['us_per_step']:6.1f} us/step "
+              f"({lo:.1f}-{hi:.1f})  {r['steps_per_s'] / 1e3:7.1f}k steps/s  tpf {r['tpf']:.3f}")
     (run_dir / "bench_replay.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
 

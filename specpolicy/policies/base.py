@@ -105,6 +105,8 @@ class AcceptanceStats:
 
     def _walked(self, n: int, k: int) -> AcceptanceStats:
         """``_plus`` of a strict walk's verdicts, k accepts then n - k (0 or 1) rejects (the replay's strict steps)."""
+        if not n:
+            return self  # nothing walked: the same (immutable) counts
         att, acc = self.attempted, self.accepted
         if n > len(att) or len(att) > _FIRST_LEN:
             return self._plus((True,) * k + (False,) * (n - k))

@@ -66,7 +66,6 @@ __all__ = ["NOMINAL_STEP_COST", "GoodputPolicy", "relative_step_cost", "step_cos
 # embedded model on a CPU (issue 13: drafting 0.31 of a target forward per depth, plus the longer verify forward).
 NOMINAL_STEP_COST = (1.0, 1.4)
 _MAX_COST_LEN = 4 * MAX_DEPTH + 4
-_ZEROS = (0,) * MAX_DEPTH  # the rule reads counts at depths 1..k_max (<= MAX_DEPTH)
 _TABLE_ROWS = 512  # rate table rows (attempted counts) computed at once: ~131k entries; later rows lazily
 
 
@@ -77,6 +76,23 @@ def _cost_table(step_cost, n: int) -> tuple[float, ...]:
     while len(t) < n:
         t.append(step_cost[-1] + (len(t) - len(step_cost) + 1) * slope)
     return tuple(t)
+
+
+def _bounds(t: tuple, k_max: int, lookahead: int) -> tuple[tuple[float, ...], ...]:
+    """``[d][H]``: a bound under which no h = 2..H lifts G(d + h) above G(d) (``GoodputPolicy._stop``), for d < k_max.
+
+    Every a_j <= 1 (confidences and rates are probabilities), so E(d + h) <= E(d) + h * p with p = P_d * a_{d+1} (the h = 1 term), and G(d + h) <= G(d) for
+    every h = 2..H once p <= E(d) * min_h (T(d + h) - T(d)) / (h * T(d)). The bound is that minimum less a margin of
+    1e-12 T (float rounding in the rule's sums is ~1e-16 of them), so it only skips a look-ahead whose answer is
+    "stop"; [d][1] is +inf (no look-ahead to skip), a non-positive bound never skips."""
+    eps, out = 1e-12, []
+    for d in range(k_max):
+        td, row, low = t[d], [math.inf, math.inf], math.inf
+        for h in range(2, min(lookahead, k_max - d) + 1):  # the rule looks no further than k_max
+            low = min(low, (t[d + h] * (1 - eps) - td * (1 + eps)) / (h * td))
+            row.append(low)
+        out.append(tuple(row))
+    return tuple(out)
 
 
 def _check_step_cost(value) -> tuple[float, ...] | None:
@@ -138,7 +154,8 @@ class GoodputPolicy(Policy):
         self.tau_trust = check_param(self.name, "tau_trust", tau_trust, 0, 1)
         self.explore = check_param(self.name, "explore", explore, 0, 10)
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
-        self._step: tuple = (None, (), ())  # the stats of the step being drafted, its counts padded to k_max
+        self._bound = _bounds(self._t, self.k_max, self.lookahead)  # skips look-aheads that cannot extend
+        self._step = None  # the stats of the step being drafted (the table reaches their counts)
         self._table: tuple[list, list] = ([], [])  # [n][a]: r and (1 - w) r for a accepted of n attempted
         self._grow(0)
 
@@ -176,29 +193,27 @@ class GoodputPolicy(Policy):
         """The first depth d in m..n at which the rule stops extending (d = limit, or G(d + h) <= G(d) for every
         h = 1..min(lookahead, limit - d): module docstring); n + 1 if it extends at every depth m..n. ``conf`` holds
         c_1..c_n; the rule at depth d reads c_1..c_d only."""
-        step = self._step
-        if step[0] is not stats:  # a new step (stats are immutable): its counts padded to depth k_max
-            att, acc = stats.attempted, stats.accepted
-            most = max(att) if att else 0
-            if most >= len(self._table[0]):
-                self._grow(most)
-            if len(att) < self.k_max:
-                pad = _ZEROS[: self.k_max - len(att)]
-                att, acc = att + pad, acc + pad
-            step = self._step = (stats, att, acc)
-        _, att, acc = step  # r_{j+1} = rate[att[j]][acc[j]]
+        att, acc = stats.attempted, stats.accepted  # r_{j+1} = rate[att[j]][acc[j]]; past their end, rate[0][0]
         rate, wr = self._table
-        w, g, tau, t, ahead = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead
+        if self._step is not stats:  # a new step (stats are immutable): the table must reach its counts
+            if att and max(att) >= len(rate):
+                self._grow(max(att))
+                rate, wr = self._table
+            self._step = stats
+        L = len(att)  # (no padding to k_max: a new tuple per step cost more than a comparison per depth read)
+        w, g, tau, t, ahead, bound = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead, self._bound
         p, e, trusting, last, d = 1.0, 1.0, tau < 1, 0.0, 0  # P_d, E(d), still trusting, w c_d^g
         a = rate  # a_{j+1} of a depth not drafted yet: last + a[att[j]][acc[j]] (at d = 0: 0.0 + r_{j+1}, = r_{j+1})
         while d < limit:
             if d >= m:  # the rule at depth d (E(m) is accumulated over the drafts so far first)
-                pj = p * (last + a[att[d]][acc[d]])  # h = 1 first: where the rule extends, it mostly pays at once
+                pj = p * (last + (a[att[d]][acc[d]] if d < L else a[0][0]))  # h = 1 first: it mostly pays at once
                 ej, td = e + pj, t[d]
                 if ej * td <= e * t[d + 1]:  # G(d + 1) <= G(d): look further, h = 2..min(lookahead, limit - d)
                     top, j = (d + ahead if d + ahead < limit else limit), d + 1
+                    if pj <= e * bound[d][top - d]:  # no h can pay (``_bounds``): the look-ahead would stop too
+                        return d
                     while j < top:
-                        pj *= last + a[att[j]][acc[j]]
+                        pj *= last + (a[att[j]][acc[j]] if j < L else a[0][0])
                         ej += pj
                         j += 1
                         if ej * td > e * t[j]:  # G(j) > G(d)
@@ -213,7 +228,7 @@ class GoodputPolicy(Policy):
                 e += p  # a trusted draft is committed whatever its verdict
             else:
                 trusting = False
-                p *= last + wr[att[d]][acc[d]]
+                p *= last + (wr[att[d]][acc[d]] if d < L else wr[0][0])
                 e += p
             d += 1
         return d

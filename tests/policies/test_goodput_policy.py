@@ -87,7 +87,7 @@ def test_decisions_follow_the_goodput_rule(params):
 ])
 def test_rates_cached_across_depths_and_steps_match_the_rule(params):
     """Stats as a generation grows them (each step adds a walked prefix), a reset now and then, and unrelated stats
-    in between, each asked at a few depths: ``goodput``'s per-step padded counts and its table of rates by counts give
+    in between, each asked at a few depths: ``goodput``'s per-step cache of the counts and its table of rates give
     the oracle's decisions throughout."""
     p, rng, kinds = GoodputPolicy(**params), np.random.default_rng(1), set()
     stats = AcceptanceStats()
@@ -140,6 +140,22 @@ def depth_reached(p: GoodputPolicy, conf: float, budget: int = 100) -> int:
     while p.decide(state).kind is ActionKind.EXTEND:
         state = state.extended(len(state.drafts), conf, 0.1, 0.5)
     return state.depth
+
+
+@pytest.mark.parametrize("step_cost", [(1.0, 1.4), (1.0, 1.1, 1.25, 1.3, 2.4, 2.45), (1.0, 1.2, 1.2, 1.2, 1.5),
+                                       (1.0, 1.5, 1.3, 1.6, 1.4), (1.0, 1.0)])
+def test_the_lookahead_bound_skips_only_lookaheads_that_stop(step_cost):
+    """``_bounds`` lets the rule stop without walking its look-ahead; the same policy with the bound switched off
+    (every entry -inf: the look-ahead always walked) decides the same on every state, at every depth."""
+    rng = np.random.default_rng(3)
+    for lookahead, k_max in ((2, 16), (4, 16), (4, 5)):
+        params = {"step_cost": step_cost, "lookahead": lookahead, "k_max": k_max, "weight": 0.7, "gamma": 1.5}
+        fast, walked = GoodputPolicy(**params), GoodputPolicy(**params)
+        walked._bound = tuple((-math.inf,) * len(row) for row in walked._bound)
+        assert any(b > 0 for row in fast._bound for b in row[2:] if b < math.inf) or step_cost == (1.0, 1.0)
+        for _ in range(1500):
+            state = random_state(rng)
+            assert fast.decide(state) == walked.decide(state), state
 
 
 def test_cheaper_steps_draft_deeper():
