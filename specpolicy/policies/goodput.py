@@ -206,7 +206,8 @@ class GoodputPolicy(Policy):
         a = rate  # a_{j+1} of a depth not drafted yet: last + a[att[j]][acc[j]] (at d = 0: 0.0 + r_{j+1}, = r_{j+1})
         while d < limit:
             if d >= m:  # the rule at depth d (E(m) is accumulated over the drafts so far first)
-                pj = p * (last + (a[att[d]][acc[d]] if d < L else a[0][0]))  # h = 1 first: it mostly pays at once
+                r = a[att[d]][acc[d]] if d < L else a[0][0]  # (1 - w) r_{d+1}, or r_1 at d = 0
+                pj = p * (last + r)  # h = 1 first: where the rule extends, it mostly pays at once
                 ej, td = e + pj, t[d]
                 if ej * td <= e * t[d + 1]:  # G(d + 1) <= G(d): look further, h = 2..min(lookahead, limit - d)
                     top, j = (d + ahead if d + ahead < limit else limit), d + 1
@@ -222,13 +223,17 @@ class GoodputPolicy(Policy):
                         return d
                 if d == n:
                     return n + 1
+                if not d:  # the rule read r_1 unweighted
+                    r = wr[att[0]][acc[0]] if L else wr[0][0]
+            else:
+                r = wr[att[d]][acc[d]] if d < L else wr[0][0]
             c = conf[d]  # draft d+1: a_{d+1} = w c^g + (1 - w) r_{d+1}, or 1 while trusted
             last, a = w * (c if g == 1.0 else c ** g), wr
             if trusting and c >= tau:
                 e += p  # a trusted draft is committed whatever its verdict
             else:
                 trusting = False
-                p *= last + (wr[att[d]][acc[d]] if d < L else wr[0][0])
+                p *= last + r
                 e += p
             d += 1
         return d

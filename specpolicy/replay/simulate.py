@@ -255,10 +255,11 @@ def _replay_prompt(policy: Policy, table: list[tuple], t0: int, rule, max_new: i
         else:
             strict, mask, n_ok = False, trust_mask(action, m), 0
         if strict:
-            walked_n[n_walked] += 1
-            ok_n[n_ok] += 1
             if keep:
                 stats = stats._walked(n_walked, n_ok)  # = stats.updated(outcome)
+            else:  # the tallies ``_depth_counts`` turns into the stats' counts at the end
+                walked_n[n_walked] += 1
+                ok_n[n_ok] += 1
         else:  # trusted drafts, or a relaxed rule asked where the strict rule rejects
             finished, accepted, verdicts, committed, n_trusted, n_relaxed, wrong = _lossy_block(
                 row, m, mask, judge.at(row), relaxed, eos, n_ok)
