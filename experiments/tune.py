@@ -124,6 +124,8 @@ def bench_replay(trace, run_dir: Path) -> dict:
         lo, hi = (1e6 * r[k] / max(r["steps"], 1) for k in ("min_s", "max_s"))
         print(f"  {name:14s} {r['median_s']:7.3f} s  {r['steps']:6d} steps  {r['us_per_step']:6.1f} us/step "
               f"({lo:.1f}-{hi:.1f})  {r['steps_per_s'] / 1e3:7.1f}k steps/s  tpf {r['tpf']:.3f}")
+    for name, why in out["skipped"].items():
+        print(f"  {name:14s} skipped: {why}")
     (run_dir / "bench_replay.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
 

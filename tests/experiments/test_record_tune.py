@@ -82,6 +82,18 @@ def test_bench_replay(tmp_path, syn_path):
     out = run_tune(tune_cfg(f"trace={syn_path}", "bench_replay=true"), tmp_path)
     assert set(out["policies"]) >= {"ar", "fixed", "threshold"} and (tmp_path / "bench_replay.json").exists()
     assert out["policies"]["ar"]["tpf"] == pytest.approx(1.0)
+    assert out["skipped"] == {} and "calibrated" in out["policies"]
+
+
+def test_bench_replay_skips_policies_fitted_to_another_drafter(tmp_path):
+    """A trace of ``mtp-int8``: ``calibrated`` (fitted to ``mtp``) is reported as skipped, every other policy timed."""
+    trace = synthetic_trace(6, 24, 4, seed=2)
+    trace.meta["drafter"] = "mtp-int8"
+    path = trace.save(tmp_path / "int8.safetensors")
+    out = run_tune(tune_cfg(f"trace={path}", "drafter=mtp_int8", "bench_replay=true"), tmp_path)
+    assert set(out["skipped"]) == {"calibrated"} and "mtp-int8" in out["skipped"]["calibrated"]
+    assert {"ar", "fixed", "goodput"} <= set(out["policies"]) and "calibrated" not in out["policies"]
+    assert json.loads((tmp_path / "bench_replay.json").read_text())["skipped"] == out["skipped"]
 
 
 def test_study_settings_must_match_to_resume(tmp_path, syn_path):
