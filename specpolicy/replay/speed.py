@@ -22,8 +22,9 @@ def replay_speed(trace: Trace, names=None, reps: int = 9) -> dict:
     memoises the walks it meets (``simulate._row_tables``); ``min_s`` / ``max_s``: the spread of the rounds.
     ``rows_s``: the one-off conversion of the trace to Python lists and per-row lookup tables, which every later
     replay of the same trace reuses. ``skipped``: {name: why} of the policies the trace cannot serve (fitted to
-    another drafter: ``calibrated`` on a trace of ``mtp-int8``), left out rather than failing the whole benchmark. A benchmark, not a test: measure on an idle core (``OMP_NUM_THREADS=1 taskset
-    -c N``); on a VM whose speed drifts, run it more than once.
+    another drafter: ``calibrated`` on a trace of ``mtp-int8``), left out rather than failing the whole benchmark.
+    A benchmark, not a test: measure on an idle core (``OMP_NUM_THREADS=1 taskset -c N``); on a VM whose speed
+    drifts, run it more than once.
     """
     import statistics
     import time
@@ -36,14 +37,14 @@ def replay_speed(trace: Trace, names=None, reps: int = 9) -> dict:
     _row_tables(trace)  # the one-off list conversion and lookup tables, timed separately
     out = {"rows_s": time.perf_counter() - t0, "prompts": trace.n_prompts, "tokens": trace.max_new_tokens,
            "reps": reps, "policies": {}, "skipped": {}}
-    names = []
+    timed = []
     for name in names or list_policies():
         fitted = get_policy(name).requires_drafter
         if fitted is not None and fitted != trace.drafter:
             out["skipped"][name] = f"fitted to drafter {fitted}, the trace is of {trace.drafter}"
         else:
-            names.append(name)
-    times, results = {name: [] for name in names}, {}
+            timed.append(name)
+    names, times, results = timed, {name: [] for name in timed}, {}
     for _ in range(reps):
         for name in names:
             t = time.perf_counter()

@@ -239,3 +239,15 @@ def test_prompt_subset(model, prompts, trace):
     assert sub.prompt_ids == (tuple(prompts[3]), tuple(prompts[1]))
     full = replay("entropy", trace).prompts
     assert replay("entropy", sub).prompts == (full[3], full[1])
+
+
+def test_replay_speed_times_the_policies_named(trace):
+    from specpolicy.replay import replay_speed
+
+    out = replay_speed(trace, ["fixed", "ar"], reps=2)
+    assert set(out["policies"]) == {"fixed", "ar"} and out["skipped"] == {} and out["reps"] == 2
+    for name, row in out["policies"].items():
+        assert row["steps"] == replay(name, trace).summary["steps"]
+        assert row["min_s"] <= row["median_s"] <= row["max_s"]
+    with pytest.raises(ValueError, match="reps=0"):
+        replay_speed(trace, ["fixed"], reps=0)
