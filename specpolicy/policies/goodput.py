@@ -156,8 +156,8 @@ class GoodputPolicy(Policy):
         self._t = _cost_table(self.step_cost or NOMINAL_STEP_COST, MAX_DEPTH + 2)  # T(0..MAX_DEPTH+1)
         self._bound = _bounds(self._t, self.k_max, self.lookahead)  # skips look-aheads that cannot extend
         self._step = None  # the stats of the step being drafted (the table reaches their counts)
-        self._table: tuple[list, list] = ([], [])  # [n][a]: r and (1 - w) r for a accepted of n attempted
-        self._grow(0)
+        self._table: tuple[list, list] = ([], [])  # [n][a]: r and (1 - w) r for a accepted of n attempted; built
+        # when first read (``_grow``): a policy only configured (a replay's or a study's copy) costs no table
 
     @property
     def lossless(self) -> bool:
@@ -196,9 +196,8 @@ class GoodputPolicy(Policy):
         att, acc = stats.attempted, stats.accepted  # r_{j+1} = rate[att[j]][acc[j]]; past their end, rate[0][0]
         rate, wr = self._table
         if self._step is not stats:  # a new step (stats are immutable): the table must reach its counts
-            if att and max(att) >= len(rate):
-                self._grow(max(att))
-                rate, wr = self._table
+            if not rate or (att and max(att) >= len(rate)):
+                self._grow(max(att) if att else 0)
             self._step = stats
         L = len(att)  # (no padding to k_max: a new tuple per step cost more than a comparison per depth read)
         w, g, tau, t, ahead, bound = self.weight, self.gamma, self.tau_trust, self._t, self.lookahead, self._bound
@@ -240,10 +239,11 @@ class GoodputPolicy(Policy):
 
     def _grow(self, n: int) -> None:
         """Extend the table of r (module docstring: with its exploration bonus) and (1 - w) r through n attempted
-        (at least doubling it): rows n' < ``_TABLE_ROWS`` hold a = 0..n' accepted, computed at once; rows past it
-        (long generations) compute an entry when first read (``_LazyRow``), so the table stays small."""
+        (at least doubling it; 64 rows at first): rows n' < ``_TABLE_ROWS`` hold a = 0..n' accepted, computed at
+        once; rows past it (long generations) compute an entry when first read (``_LazyRow``), so the table stays
+        small."""
         rate, wr = self._table
-        lo, hi = len(rate), max(n + 1, 2 * len(rate), 16)
+        lo, hi = len(rate), max(n + 1, 2 * len(rate), 64)
         pn, w1 = self.prior_n, 1.0 - self.weight
         full = min(hi, _TABLE_ROWS)
         if lo < full:  # the arithmetic of ``_rate``, elementwise over the rows lo..full-1 (the same bits)
