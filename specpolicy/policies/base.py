@@ -338,7 +338,8 @@ def reads_stats(policy: Policy) -> bool:
 
 def chain_hook(policy: Policy):
     """``policy.decide_chain`` where the class that defines the ``decide`` in use defines it too, else None (a
-    subclass with its own ``decide`` never inherits a chain that no longer matches it).
+    subclass with its own ``decide`` never inherits a chain that no longer matches it); for a wrapper of another
+    policy (a ``base_policy`` attribute: ``calibrated``), only where that policy has a chain too.
 
     Example:
         >>> class Verify(Policy):
@@ -348,5 +349,8 @@ def chain_hook(policy: Policy):
     """
     for klass in type(policy).__mro__:
         if "decide" in vars(klass):
-            return policy.decide_chain if "decide_chain" in vars(klass) else None
+            if "decide_chain" not in vars(klass):
+                return None
+            inner = getattr(policy, "base_policy", None)
+            return policy.decide_chain if inner is None or chain_hook(inner) is not None else None
     return None

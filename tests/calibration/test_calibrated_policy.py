@@ -195,6 +195,20 @@ def test_shipped_calibrators_load_and_resolve_by_name():
     assert identity.calibrate((0.2, 0.9)) == pytest.approx((0.2, 0.9))
 
 
+def test_calibrating_a_chain_gives_every_prefix_its_own_values():
+    """What ``CalibratedPolicy.decide_chain`` relies on, for every shipped calibrator: d_1..d_n calibrated at once
+    equal each prefix d_1..d_m calibrated alone, bit for bit, and the memoised values equal ``predict``'s."""
+    rng = np.random.default_rng(3)
+    for name in shipped_calibrators():
+        p, cal = get_policy("calibrated", calibrator=name), load_calibrator(resolve_calibrator(name))
+        for _ in range(40):
+            size = int(rng.integers(1, 11))
+            conf = tuple(float(x) for x in rng.choice([rng.random(), 0.0, 1.0, 0.5, 1e-9], size=size))
+            whole = p.calibrate(conf)
+            assert whole == tuple(float(x) for x in cal.predict(conf, depth=np.arange(1, len(conf) + 1)))
+            assert all(p.calibrate(conf[:m]) == whole[:m] for m in range(1, len(conf)))
+
+
 def test_identity_calibrated_threshold_decides_like_threshold():
     rng = np.random.default_rng(0)
     a = get_policy("threshold", tau_extend=0.4, tau_trust=0.8)

@@ -30,7 +30,8 @@ DECLARED = {"ar", "fixed", "threshold", "entropy", "heuristic", "typical", "topk
 VARIANTS = [(name, {}) for name in list_policies()] + [
     ("threshold", {"tau_extend": 0.3, "tau_trust": 0.8, "k_max": 5}), ("heuristic", {"k_init": 2, "k_max": 6}),
     ("typical", {"eps": 0.2, "k": 3}), ("topk_relaxed", {"k_top": 2, "delta": 0.5, "k": 5}),
-    ("goodput", {"tau_trust": 0.8}), ("goodput", {"explore": 0.0, "lookahead": 1, "weight": 0.3, "gamma": 2.0})]
+    ("goodput", {"tau_trust": 0.8}), ("goodput", {"explore": 0.0, "lookahead": 1, "weight": 0.3, "gamma": 2.0}),
+    ("calibrated", {"base": "goodput", "calibrator": "isotonic"})]
 
 
 def _traces():
@@ -124,7 +125,7 @@ def test_states_grown_from_prefixes_equal_extended_ones():
 GOODPUT = [{}, {"tau_trust": 0.8}, {"explore": 0.0, "lookahead": 1, "weight": 0.3, "gamma": 2.0},
            {"k_max": 3, "lookahead": 2, "prior_accept": 0.2, "step_cost": [1.0, 1.05, 1.5, 1.6]},
            {"weight": 0.0, "prior_n": 0.5, "tau_trust": 0.6, "step_cost": [1.0, 1.3]}]
-CHAINED = {"ar", "fixed", "typical", "topk_relaxed", "heuristic", "threshold", "entropy", "goodput"}
+CHAINED = {"ar", "fixed", "typical", "topk_relaxed", "heuristic", "threshold", "entropy", "goodput", "calibrated"}
 
 
 def test_chains_equal_their_decide_depth_by_depth():
@@ -133,7 +134,9 @@ def test_chains_equal_their_decide_depth_by_depth():
     stats, budgets and depths already reached."""
     variants = VARIANTS + [("goodput", params) for params in GOODPUT] + [
         ("threshold", {"tau_extend": 0.0, "k_max": 1}), ("entropy", {"max_entropy": 0.4, "k_max": 3}),
-        ("fixed", {"k": 1}), ("heuristic", {"k_init": 1, "k_max": 2})]
+        ("fixed", {"k": 1}), ("heuristic", {"k_init": 1, "k_max": 2}),
+        ("calibrated", {"base": "goodput", "calibrator": "isotonic"}),
+        ("calibrated", {"base": "threshold", "base_params": {"tau_trust": 0.7}, "calibrator": "temperature"})]
     policies = [get_policy(name, **params) for name, params in variants]
     assert {p.name for p in policies if chain_hook(p) is not None} == CHAINED
     policies = [p for p in policies if chain_hook(p) is not None]
@@ -166,7 +169,10 @@ def test_a_subclass_with_its_own_decide_does_not_inherit_the_chain():
             return Action.extend() if state.depth < 1 + (state.stats.rate(1) > 0.5) else Action.verify()
 
     assert chain_hook(GoodputPolicy()) is not None and chain_hook(Shallow()) is None and chain_hook(Peeks()) is None
-    assert chain_hook(get_policy("calibrated", base="goodput")) is None  # its own decide: depth by depth
+    wrapped = get_policy("calibrated", base="goodput")
+    assert chain_hook(wrapped) is not None  # its chain is its base's, on calibrated confidences
+    wrapped._base = Shallow()
+    assert chain_hook(wrapped) is None  # ... so a base without a chain leaves it without one
     t = _traces()[0]
     assert replay(Shallow(), t).summary["mean_draft_len"] <= 1
 
