@@ -115,6 +115,16 @@ class Calibrator(ABC):
             out[rows] = self._apply(self.map_for(int(d)), conf[rows])
         return np.clip(out, 0.0, 1.0)
 
+    def predict_one(self, q: float, depth: int | None = None) -> float:
+        """``float(predict([q], depth=[depth])[0])`` (the same arithmetic on the same one-element array), without
+        ``predict``'s grouping by depth: a decoder maps one new draft per policy call.
+
+        Example:
+            >>> IdentityCalibrator().fit([0.2, 0.9], [0, 1]).predict_one(0.5, depth=2)
+            0.5
+        """
+        return float(np.clip(self._apply(self.map_for(depth), np.array([q], dtype=float)), 0.0, 1.0)[0])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "calibrator": self.name,

@@ -126,9 +126,16 @@ def _load_checked(path: Path) -> Calibrator:
 @functools.lru_cache(maxsize=1 << 15)
 def _calibrated(cal: Calibrator, confidence: tuple) -> tuple[float, ...]:
     """``cal``'s P(accept) for the confidences of d_1..d_m, memoised per (calibrator, confidences): a replay asks
-    for the same recorded confidences in every trial of a study (a real run's are new floats: each call a miss, which
-    costs ~3 us beside predict's ~28 us for four drafts)."""
-    return tuple(float(x) for x in cal.predict(confidence, depth=np.arange(1, len(confidence) + 1)))
+    for the same recorded confidences in every trial of a study. Each depth is mapped on its own (``_one``), as
+    ``Calibrator.predict`` maps it, so the decoder's growing prefix maps only its newest draft."""
+    return tuple(_one(cal, j, q) for j, q in enumerate(confidence, 1))
+
+
+@functools.lru_cache(maxsize=1 << 10)
+def _one(cal: Calibrator, depth: int, q: float) -> float:
+    """``cal``'s P(accept) for one draft at ``depth`` with confidence q, memoised for the few calls that follow
+    (``_calibrated``: the decoder's next, longer prefix)."""
+    return cal.predict_one(q, depth)
 
 
 @register_policy

@@ -115,6 +115,17 @@ def test_json_round_trip_predicts_identically(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(CALIBRATORS))
+def test_predict_one_equals_predict_bit_for_bit(name):
+    """Fitted depths, a depth below the largest with the pooled map, unseen deeper depths, no depth, q at 0 and 1."""
+    q, y, depth = _by_depth(seed=7)
+    cal = get_calibrator(name).fit(q, y, depth)
+    x = np.concatenate([np.random.default_rng(8).uniform(size=200), [0.0, 1.0, 1e-9, 0.5]])
+    for d in (1, 2, 3, 4, 9, None):
+        want = [float(cal.predict([v], depth=None if d is None else [d])[0]) for v in x]
+        assert [cal.predict_one(float(v), d) for v in x] == want, d
+
+
+@pytest.mark.parametrize("name", sorted(CALIBRATORS))
 def test_contract_every_calibrator(name):
     """Outputs are probabilities, monotone in q at a fixed depth, and unfitted use is an error."""
     q, y, depth = _by_depth(seed=6)
