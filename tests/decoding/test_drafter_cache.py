@@ -8,6 +8,8 @@ catch-up after accepted tokens, the crop after a correction, depths past the las
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -100,3 +102,39 @@ def test_catch_up_counts_the_rows_the_drafter_processes(tiny, seed, k, policy, p
     assert max(got) > len(prompt) and any(0 < r for r in got)  # a first draft read the whole context
     assert sum(drafter.fresh.values()) > 0
     assert sum(drafter.rows.values()) == sum(got)
+
+
+class _ListCatchUp:
+    """``CatchUp`` as it was first written, every entry in a list (the reference for its closed form)."""
+
+    def __init__(self, n):
+        self.n, self.L, self.fresh = n, [], 0
+
+    def step(self, drafted, committed):
+        n, L = self.n, self.L
+        self.n = n + committed
+        if not drafted:
+            self.fresh = 0
+            return 0
+        if len(L) < drafted:
+            L += [0] * (drafted - len(L))
+        head = L[:drafted]
+        self.fresh = head.count(0) * (n - 1) if n > 0 else 0
+        L[:drafted] = [min(n, n + committed - 1 - j) for j in range(drafted)]
+        return drafted * n - sum(head)
+
+
+def test_catch_up_in_closed_form_equals_the_list_of_entries():
+    """Random schedules (deeper, shallower, equal depths; no draft; nothing committed; contexts of 0..14 tokens,
+    where entries can be empty or negative, and long ones): rows, fresh rows and the entries equal the list's."""
+    rng = random.Random(3)
+    for trial in range(20000):
+        n0 = rng.randint(0, 14) if trial % 2 else rng.randint(15, 300)
+        fast, ref, k = CatchUp(n0), _ListCatchUp(n0), rng.randint(1, 10)
+        for _ in range(rng.randint(1, 40)):
+            m = rng.randint(0, k) if rng.random() < 0.6 else rng.choice([k, k - 1 if k > 1 else k])
+            c = rng.randint(0, m + 1) if rng.random() < 0.1 else rng.randint(1, m + 1)
+            assert (fast.step(m, c), fast.fresh, fast.n) == (ref.step(m, c), ref.fresh, ref.n), trial
+            if rng.random() < 0.05:
+                assert fast.L == ref.L, trial
+        assert fast.L == ref.L, trial

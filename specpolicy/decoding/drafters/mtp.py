@@ -51,27 +51,70 @@ class CatchUp:
         (6, 0)
     """
 
-    __slots__ = ("L", "fresh", "n")
+    __slots__ = ("_L", "_last", "fresh", "n")
 
     def __init__(self, n: int) -> None:
-        self.n, self.L, self.fresh = n, [], 0  # n: index of the last committed token; L[j-1]: entries of depth j
+        self.n, self.fresh = n, 0  # n: index of the last committed token
+        self._L: list[int] = []  # [j-1]: entries of depth j, except those the last step set (``_last``)
+        self._last: tuple[int, int, int] | None = None  # (drafted, n, committed) of the last step that drafted
+
+    @property
+    def L(self) -> list[int]:
+        """``[j-1]``: the entries depth j holds."""
+        if self._last is not None:
+            self._hold(0)
+        return self._L
+
+    def _hold(self, lo: int) -> None:
+        """Write the last step's entries of depths lo+1..drafted into ``_L``: depth j (0-based) holds
+        min(n, n + committed - 1 - j)."""
+        d0, n0, c0 = self._last
+        if c0 >= d0:
+            self._L[lo:d0] = [n0] * (d0 - lo)
+        else:
+            a = lo if lo > c0 else c0
+            self._L[lo:d0] = [n0] * (a - lo) + [*range(n0 + c0 - 1 - a, n0 + c0 - 1 - d0, -1)]
+        self._last = None
 
     def step(self, drafted: int, committed: int) -> int:
-        """Rows processed by the ``drafted`` drafts of a step that commits ``committed`` tokens; advances to the next."""
-        n, L = self.n, self.L
+        """Rows processed by the ``drafted`` drafts of a step that commits ``committed`` tokens; advances to the next.
+
+        The entries the last step set are kept as that step's (drafted, n, committed), written out only when a
+        later step drafts fewer depths or one of them may be empty (tiny contexts); the depths both steps draft
+        catch up, in closed form, (n - n_last) + max(0, j + 1 - committed_last) rows each (0-based j)."""
+        n = self.n
         self.n = n + committed
         if not drafted:
             self.fresh = 0
             return 0
-        if len(L) < drafted:
-            L += [0] * (drafted - len(L))
-        head = L[:drafted]
-        self.fresh = head.count(0) * (n - 1) if n > 0 else 0  # depths with no entry yet read the whole context
+        last, L = self._last, self._L
+        if last is not None and last[1] > 0 and last[1] + last[2] > last[0]:  # its entries are >= 1: none is empty
+            d0, n0, c0 = last
+            lo = drafted if drafted < d0 else d0
+            e = lo - c0
+            rows = lo * (n - n0) + (e * (e + 1) >> 1 if e > 0 else 0)
+            if drafted <= d0:
+                self.fresh = 0
+                if drafted < d0:
+                    self._hold(drafted)  # depths past this step's keep the last step's entries
+            else:  # deeper than the last step: depths d0.. read their own entries (none yet: the whole context)
+                if len(L) < drafted:
+                    L += [0] * (drafted - len(L))
+                tail = L[d0:drafted]
+                self.fresh = tail.count(0) * (n - 1)
+                rows += (drafted - d0) * n - sum(tail)
+        else:
+            if last is not None:
+                self._hold(0)
+            if len(L) < drafted:
+                L += [0] * (drafted - len(L))
+            head = L[:drafted]
+            self.fresh = head.count(0) * (n - 1) if n > 0 else 0  # depths with no entry yet read the whole context
+            rows = drafted * n - sum(head)
         # each drafted depth j (0-based) now holds min(n, n + committed - 1 - j) entries: n for j < committed, then
         # one fewer per depth; depths not drafted this step keep entries that read committed tokens only
-        L[:drafted] = ([n] * drafted if drafted <= committed
-                       else [n] * committed + [*range(n - 1, n - 1 - drafted + committed, -1)])
-        return drafted * n - sum(head)
+        self._last = (drafted, n, committed)
+        return rows
 
 
 class _Rows:
