@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from specpolicy.decoding.step import draft_phase
 from specpolicy.policies import (
     AcceptanceStats,
     ActionKind,
@@ -251,3 +252,23 @@ def test_exploration_bonus_restarts_drafting_that_a_low_prior_would_stop_for_goo
     assert GoodputPolicy(step_cost=cost, prior_accept=0.6, explore=1.0).decide(fresh).kind is ActionKind.EXTEND
     poor = StepState(budget=8, stats=AcceptanceStats(accepted=(10,), attempted=(100,)))  # 10% accepted at depth 1
     assert GoodputPolicy(step_cost=cost, prior_accept=0.6, explore=1.0).decide(poor).kind is ActionKind.VERIFY
+
+
+def test_a_chain_from_no_draft_grows_the_rate_table_it_reads():
+    """``decide_chain`` alone (the replay's lossless draft phase, which grows the rate table when a read falls past
+    it) on counts rising to thousands: the depth and action that asking ``decide`` depth by depth gives."""
+    rng = np.random.default_rng(5)
+    params = {"step_cost": (1.0, 1.1, 1.5, 1.55, 1.6), "weight": 0.6, "lookahead": 3, "k_max": 6}
+    chained, asked = GoodputPolicy(**params), GoodputPolicy(**params)
+    for top in np.linspace(5, 3000, 300).astype(int):
+        depth = int(rng.integers(0, 9))
+        att = np.sort(rng.integers(0, top + 1, depth))[::-1]
+        acc = (att * rng.uniform(0.3, 1.0, depth)).astype(int)
+        stats = AcceptanceStats(tuple(int(x) for x in att), tuple(int(x) for x in acc))
+        n = int(rng.integers(0, 9))
+        chain = (tuple(range(n)), tuple(float(c) for c in rng.random(n)), (0.1,) * n, (0.5,) * n)
+        start = StepState(budget=int(rng.integers(0, 10)), stats=stats)
+        feats = {j: tuple(x[j - 1] for x in chain) for j in range(1, n + 1)}
+        state, action = draft_phase(asked, start, feats.get)
+        assert chained.decide_chain(start, chain) == (len(state.drafts), action), (top, stats, chain)
+    assert len(chained._table[0]) > 2000

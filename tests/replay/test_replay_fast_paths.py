@@ -147,7 +147,7 @@ def test_chains_equal_their_decide_depth_by_depth():
         ent = tuple(rng.choice([rng.random() * 2, 0.01, 3.0, 1.0, 0.4]) for _ in range(n))
         chain = (tuple(range(10, 10 + n)), conf, ent, tuple(rng.random() for _ in range(n)))
         width = rng.randint(0, 8)
-        att = tuple(rng.randint(0, 30) for _ in range(width))
+        att = tuple(rng.randint(0, rng.choice([30, 30, 900])) for _ in range(width))  # 900: past goodput's first table
         stats = AcceptanceStats(attempted=att, accepted=tuple(rng.randint(0, a) for a in att))
         m0 = rng.randint(0, n)
         start = StepState(budget=rng.randint(0, 9), stats=stats).with_prefix(tuple(x[:m0] for x in chain))
