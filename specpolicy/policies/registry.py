@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import numbers
@@ -157,14 +158,15 @@ def check_param(
         ...
         specpolicy.policies.registry.PolicyParamError: threshold: tau_trust=1.5 is out of range; allowed: 0 <= tau_trust <= 1
     """
-    allowed = _range_text(param, low, high, integer)
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         what = "an integer" if integer else "a number"
-        raise PolicyParamError(f"{policy}: {param}={value!r} is not {what}; allowed: {allowed}")
+        raise PolicyParamError(f"{policy}: {param}={value!r} is not {what}; allowed: "
+                               f"{_range_text(param, low, high, integer)}")
     number = int(value) if integer else float(value)
     if math.isnan(number) or (low is not None and number < low) or (high is not None and number > high):
-        raise PolicyParamError(f"{policy}: {param}={value} is out of range; allowed: {allowed}")
+        raise PolicyParamError(f"{policy}: {param}={value} is out of range; allowed: "
+                               f"{_range_text(param, low, high, integer)}")
     return number
 
 
@@ -181,11 +183,19 @@ def _unknown_name_message(name: object) -> str:
     return f"unknown policy {name!r}{hint} allowed: {', '.join(names)}"
 
 
-def _check_signature(cls: type[Policy], params: dict[str, Any]) -> None:
-    """Unknown or missing keyword parameters -> one-line ``PolicyParamError`` naming the allowed ones."""
+@functools.lru_cache(maxsize=256)
+def _signature(cls: type[Policy]) -> tuple[inspect.Signature, tuple[str, ...], bool]:
+    """``cls``'s signature, its keyword parameters and whether it takes ``**kwargs``, worked out once per class (a
+    study builds a policy per trial; ``inspect.signature`` is most of what building a small one costs)."""
     sig = inspect.signature(cls)
     accepted = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+    return sig, tuple(accepted), any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _check_signature(cls: type[Policy], params: dict[str, Any]) -> None:
+    """Unknown or missing keyword parameters -> one-line ``PolicyParamError`` naming the allowed ones."""
+    sig, accepted, open_ended = _signature(cls)
+    if open_ended:
         return
     allowed = ", ".join(accepted) if accepted else "none"
     unknown = [k for k in params if k not in accepted]
