@@ -172,22 +172,57 @@ class GoodputPolicy(Policy):
 
     def decide_chain(self, state: StepState, chain: tuple) -> tuple[int, Action]:
         """The whole draft phase from ``state`` with the drafts d_1..d_n known in advance (``Policy.decide_chain``):
-        one pass over the rule ``decide`` applies depth by depth, each depth reading the confidences up to it."""
+        one pass over the rule ``decide`` applies depth by depth, each depth reading the confidences up to it.
+
+        From no draft and lossless (the replay's case), the rule of ``_stop`` in its own loop: the same arithmetic in
+        the same order, without the branches for drafts before m and for trusted drafts; at d = n it stops (past d_n
+        the drafter has nothing, whatever the rule says there), while its look-ahead still reaches the limit. It
+        reads the rate table unchecked: an IndexError means the table must grow first (``_fit``)."""
         conf = chain[1]
         limit, n = (self.k_max if self.k_max < state.budget else state.budget), len(conf)
-        if not state.drafts and self.tau_trust >= 1:  # the replay's case: from no draft, lossless
-            if limit <= 0 or not n:
-                return 0, _VERIFY
-            try:
-                return self._stop_lossless(conf, state.stats, limit, n), _VERIFY
-            except IndexError:  # the rate table does not reach the counts yet (the first call: it is empty)
-                if not self._fit(state.stats.attempted):
-                    raise
-                return self._stop_lossless(conf, state.stats, limit, n), _VERIFY
-        m = len(state.drafts)
-        stop = self._stop(conf, state.stats, m, limit, n) if m < limit else m
-        stop = n if stop > n else stop  # it would extend past the last known draft: the drafter has no more
-        return stop, (_VERIFY if self.tau_trust >= 1 else self._final(conf, stop))
+        if state.drafts or self.tau_trust < 1:
+            m = len(state.drafts)
+            stop = self._stop(conf, state.stats, m, limit, n) if m < limit else m
+            stop = n if stop > n else stop  # it would extend past the last known draft: the drafter has no more
+            return stop, (_VERIFY if self.tau_trust >= 1 else self._final(conf, stop))
+        if limit <= 0 or not n:
+            return 0, _VERIFY
+        stats = state.stats
+        att, acc = stats.attempted, stats.accepted
+        rate, wr = self._table
+        L, w, g, t, ahead, bound = len(att), self.weight, self.gamma, self._t, self.lookahead, self._bound
+        try:
+            r = rate[att[0]][acc[0]] if L else rate[0][0]  # the rule at d = 0 reads r_1 unweighted,
+            rw = wr[att[0]][acc[0]] if L else wr[0][0]  # a_1 = w c_1^g + (1 - w) r_1
+            p, e, last, d, a, end = 1.0, 1.0, 0.0, 0, rate, (limit if limit < n else n)
+            while True:  # the rule at depth d
+                pj = p * (last + r)
+                ej, td = e + pj, t[d]
+                if ej * td <= e * t[d + 1]:
+                    top, j = (d + ahead if d + ahead < limit else limit), d + 1
+                    if pj <= e * bound[d][top - d]:
+                        return d, _VERIFY
+                    while j < top:
+                        pj *= last + (a[att[j]][acc[j]] if j < L else a[0][0])
+                        ej += pj
+                        j += 1
+                        if ej * td > e * t[j]:
+                            break
+                    else:
+                        return d, _VERIFY
+                c = conf[d]
+                last = w * (c if g == 1.0 else c ** g)
+                p *= last + rw
+                e += p
+                d += 1
+                if d == end:
+                    return d, _VERIFY
+                r = rw = wr[att[d]][acc[d]] if d < L else wr[0][0]
+                a = wr
+        except IndexError:  # the rate table does not reach the counts yet (the first call: it is empty)
+            if not self._fit(att):
+                raise
+            return self.decide_chain(state, chain)
 
     def _final(self, conf: tuple, m: int) -> Action:
         """The action that ends a draft phase at depth m: VERIFY, or TRUST the prefix >= tau_trust."""
@@ -244,42 +279,6 @@ class GoodputPolicy(Policy):
                 e += p
             d += 1
         return d
-
-    def _stop_lossless(self, conf: tuple, stats, limit: int, n: int) -> int:
-        """``min(n, _stop(conf, stats, 0, limit, n))`` for ``tau_trust >= 1``, limit >= 1 and n = len(conf) >= 1 (the
-        replay's draft phase): the same arithmetic in the same order, without the branches for drafts before m and
-        for trusted drafts; at d = n it stops (past d_n the drafter has nothing: ``decide_chain`` stops there whatever
-        the rule says). Reads the rate table unchecked: an IndexError means it must grow first (``_fit``)."""
-        att, acc = stats.attempted, stats.accepted
-        rate, wr = self._table
-        L, w, g, t, ahead, bound = len(att), self.weight, self.gamma, self._t, self.lookahead, self._bound
-        r = rate[att[0]][acc[0]] if L else rate[0][0]  # the rule at d = 0 reads r_1 unweighted,
-        rw = wr[att[0]][acc[0]] if L else wr[0][0]  # a_1 = w c_1^g + (1 - w) r_1
-        p, e, last, d, a, end = 1.0, 1.0, 0.0, 0, rate, (limit if limit < n else n)
-        while True:  # the rule at depth d (``_stop``; its look-ahead reaches limit, which may lie past n)
-            pj = p * (last + r)
-            ej, td = e + pj, t[d]
-            if ej * td <= e * t[d + 1]:
-                top, j = (d + ahead if d + ahead < limit else limit), d + 1
-                if pj <= e * bound[d][top - d]:
-                    return d
-                while j < top:
-                    pj *= last + (a[att[j]][acc[j]] if j < L else a[0][0])
-                    ej += pj
-                    j += 1
-                    if ej * td > e * t[j]:
-                        break
-                else:
-                    return d
-            c = conf[d]
-            last = w * (c if g == 1.0 else c ** g)
-            p *= last + rw
-            e += p
-            d += 1
-            if d == end:
-                return d
-            r = rw = wr[att[d]][acc[d]] if d < L else wr[0][0]
-            a = wr
 
     def _fit(self, att: tuple) -> bool:
         """Grow the rate table to reach the attempted counts ``att`` (``_grow``); whether it had to."""
