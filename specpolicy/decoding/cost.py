@@ -88,16 +88,20 @@ class CostModel:
         return self.compute_s(drafted, rows, fresh) + self.t_overhead + drafted * self.t_overhead_draft
 
     def generation_s(self, res, compute_only: bool = False) -> float:
-        """Modelled seconds of the steps of one ``GenerationResult`` (catch-up rows from ``CatchUp`` where priced)."""
+        """Modelled seconds of the steps of one ``GenerationResult`` (catch-up rows from ``CatchUp`` where priced):
+        per step, its cost with one row a draft plus its catch-up rows' (``catch_up_s``), summed in step order, the
+        arithmetic of the replay's ``modelled_s``, so a replay of the same steps gives the same bits."""
         cost = self.compute_s if compute_only else self.step_s
-        if not (self.t_row or self.t_ctx):
-            return sum(cost(len(s.drafts)) for s in res.steps)
-        from .drafters.mtp import CatchUp
+        if self.t_row or self.t_ctx:
+            from .drafters.mtp import CatchUp
 
-        cu, total = CatchUp(len(res.prompt_ids)), 0.0
+            cu = CatchUp(len(res.prompt_ids))
+        else:
+            cu = None
+        total = 0.0
         for s in res.steps:
-            rows = cu.step(len(s.drafts), len(s.committed))
-            total += cost(len(s.drafts), rows, cu.fresh)
+            m = len(s.drafts)
+            total += cost(m) + (self.catch_up_s(m, cu.step(m, len(s.committed)), cu.fresh) if cu is not None else 0.0)
         return total
 
     def to_dict(self) -> dict:

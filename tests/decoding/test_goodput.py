@@ -111,19 +111,29 @@ def test_a_run_fills_step_cost_from_the_measured_cost_model_or_its_records(tmp_p
 
 def test_replay_prices_catch_up_rows_as_the_real_run_is_priced(model, trace):
     """With ``t_row`` (and ``t_ctx`` for a depth's first draft) the replay's modelled seconds are the real steps'
-    (``CostModel.generation_s``) prompt by prompt, and more than without it: adaptive depths and first drafts at a
-    depth catch up several rows."""
-    plain = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.0005)
-    rows = CostModel(t_target=(0.010, 0.011, 0.012), t_mtp=0.002, t_overhead=0.0005, t_row=0.0003)
-    ctx = dataclasses.replace(rows, t_ctx=0.0001)
+    (``CostModel.generation_s``) prompt by prompt, to the bit (a study's decode evaluator and its replay agree
+    exactly), and more than without it: adaptive depths and first drafts at a depth catch up several rows. The costs
+    are numbers like measured ones, whose sums round differently in another order."""
+    plain = CostModel(t_target=(0.0100137, 0.0110291, 0.0120373), t_mtp=0.00201937, t_overhead=0.000537219,
+                      t_first=0.000311713)
+    rows = dataclasses.replace(plain, t_row=0.000301977)
+    ctx = dataclasses.replace(rows, t_ctx=0.000129313)
+    rng = random.Random(4)  # measured-like numbers: each sum of one step's costs rounds its own way
+    drawn = [CostModel(t_target=tuple(rng.uniform(0.005, 0.012) for _ in range(3)), t_mtp=rng.uniform(1e-4, 2e-3),
+                       t_overhead=rng.uniform(1e-5, 1e-3), t_first=rng.uniform(0, 1e-3), t_row=rng.uniform(1e-6, 1e-4),
+                       t_ctx=rng.uniform(0, 1e-4)) for _ in range(30)]
     for policy in (get_policy("threshold", tau_extend=0.2, k_max=K), get_policy("fixed", k=2)):
+        runs = [generate(model, ids, policy, max_new_tokens=N, max_draft=K) for ids in PROMPTS]
+        for cost in drawn:
+            replayed = replay(policy, dataclasses.replace(trace, cost=cost))
+            assert [p.modelled_s for p in replayed.prompts] == [cost.generation_s(res) for res in runs], cost
         with_rows = replay(policy, dataclasses.replace(trace, cost=rows))
         with_ctx = replay(policy, dataclasses.replace(trace, cost=ctx))
         without = replay(policy, dataclasses.replace(trace, cost=plain))
-        for i, ids in enumerate(PROMPTS):
-            res = generate(model, ids, policy, max_new_tokens=N, max_draft=K)
-            assert with_rows.prompts[i].modelled_s == pytest.approx(rows.generation_s(res), rel=1e-12)
-            assert with_ctx.prompts[i].modelled_s == pytest.approx(ctx.generation_s(res), rel=1e-12)
+        for i, res in enumerate(runs):
+            assert with_rows.prompts[i].modelled_s == rows.generation_s(res)
+            assert with_ctx.prompts[i].modelled_s == ctx.generation_s(res)
+            assert without.prompts[i].modelled_s == plain.generation_s(res)
             assert without.prompts[i].modelled_s < with_ctx.prompts[i].modelled_s < with_rows.prompts[i].modelled_s
         assert with_rows.summary["modelled_speedup"] < without.summary["modelled_speedup"]
 
