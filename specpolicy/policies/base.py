@@ -96,7 +96,7 @@ class AcceptanceStats:
         return self._plus(outcome.verdicts)
 
     def _plus(self, verdicts: tuple[bool, ...]) -> AcceptanceStats:
-        """``updated`` from the step's verdicts alone (the step's hot path: no ``__init__``, C-level maps)."""
+        """``updated`` from the step's verdicts alone (the step's hot path: no ``__init__``; attempted via ``_INC``)."""
         n = len(verdicts)
         if not n:
             return self  # nothing walked: the same (immutable) counts
